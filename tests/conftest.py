@@ -1,0 +1,34 @@
+"""Shared fixtures: where the datasets are, and skipping cleanly when they are not."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def datasets_root() -> Path:
+    """``$FACEGATE_DATASETS`` or ``../shared/datasets`` beside the checkout."""
+    env = os.environ.get("FACEGATE_DATASETS")
+    return Path(env) if env else REPO.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def datasets() -> Path:
+    root = datasets_root()
+    if not (root / "README.md").is_file():
+        pytest.skip(f"shared datasets not found at {root} (set FACEGATE_DATASETS)")
+    return root
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow stress tests run only with FACEGATE_SLOW=1 or ``-m slow``."""
+    if os.environ.get("FACEGATE_SLOW") == "1" or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow stress run; set FACEGATE_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
