@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture()
+def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real mosquitto broker on a free 127.0.0.1 port, stopped after the test."""
+    from device.events.localbroker import LocalBroker
+
+    if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
+        pytest.skip("mosquitto not installed (bash provisioning/setup-dev.sh installs it)")
+    with LocalBroker(workdir=tmp_path / "broker") as b:
+        yield b
