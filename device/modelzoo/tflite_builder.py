@@ -1,0 +1,375 @@
+"""Write a float32 TensorFlow Lite model with ``flatbuffers.Builder``, no TensorFlow.
+
+A :class:`GraphBuilder` collects tensors (constants and activations) and operators
+in one subgraph; :meth:`GraphBuilder.serialize` lays them out as a ``TFL3``
+flatbuffer.  Only the operators facegate's converters need are supported (see
+:mod:`device.modelzoo.tflite_schema`).  Output is deterministic: the same calls give
+the same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+import flatbuffers
+import numpy as np
+from numpy.typing import NDArray
+
+from device.errors import ModelError
+from device.modelzoo import tflite_schema as fb
+
+logger = logging.getLogger(__name__)
+
+#: TFLite's schema asks for constant buffers aligned to 16 bytes (``force_align: 16``).
+_BUFFER_ALIGNMENT = 16
+
+
+# --------------------------------------------------------------------------------------
+# Operator options
+
+
+@dataclass(frozen=True)
+class Conv2DOptions:
+    """``Conv2DOptions``: padding, strides, fused activation."""
+
+    padding: fb.Padding
+    stride_h: int
+    stride_w: int
+    activation: fb.Activation = fb.Activation.NONE
+
+
+@dataclass(frozen=True)
+class Pool2DOptions:
+    """``Pool2DOptions`` for MAX_POOL_2D and AVERAGE_POOL_2D."""
+
+    padding: fb.Padding
+    stride_h: int
+    stride_w: int
+    filter_h: int
+    filter_w: int
+    activation: fb.Activation = fb.Activation.NONE
+
+
+@dataclass(frozen=True)
+class FullyConnectedOptions:
+    """``FullyConnectedOptions`` (default weights format, 2-D output)."""
+
+    activation: fb.Activation = fb.Activation.NONE
+
+
+@dataclass(frozen=True)
+class AddOptions:
+    """``AddOptions``."""
+
+    activation: fb.Activation = fb.Activation.NONE
+
+
+@dataclass(frozen=True)
+class MulOptions:
+    """``MulOptions``."""
+
+    activation: fb.Activation = fb.Activation.NONE
+
+
+@dataclass(frozen=True)
+class PadOptions:
+    """``PadOptions`` (an empty table)."""
+
+
+@dataclass(frozen=True)
+class ReducerOptions:
+    """``ReducerOptions`` for MEAN."""
+
+    keep_dims: bool = False
+
+
+Options = (
+    Conv2DOptions
+    | Pool2DOptions
+    | FullyConnectedOptions
+    | AddOptions
+    | MulOptions
+    | PadOptions
+    | ReducerOptions
+)
+
+_OPTIONS_FOR: dict[fb.BuiltinOperator, type] = {
+    fb.BuiltinOperator.CONV_2D: Conv2DOptions,
+    fb.BuiltinOperator.MAX_POOL_2D: Pool2DOptions,
+    fb.BuiltinOperator.AVERAGE_POOL_2D: Pool2DOptions,
+    fb.BuiltinOperator.FULLY_CONNECTED: FullyConnectedOptions,
+    fb.BuiltinOperator.ADD: AddOptions,
+    fb.BuiltinOperator.MUL: MulOptions,
+    fb.BuiltinOperator.PAD: PadOptions,
+    fb.BuiltinOperator.MEAN: ReducerOptions,
+}
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: fb.TensorType
+    buffer: int  # 0 = no data (activation)
+
+
+@dataclass(frozen=True)
+class _Operator:
+    opcode: fb.BuiltinOperator
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    options: Options
+
+
+class GraphBuilder:
+    """Collects one subgraph and serializes it as a ``.tflite`` flatbuffer.
+
+    Args:
+        description: Stored in ``Model.description``.
+    """
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self._tensors: list[_Tensor] = []
+        self._operators: list[_Operator] = []
+        self._buffers: list[bytes] = [b""]  # buffer 0: the empty sentinel
+        self._inputs: tuple[int, ...] = ()
+        self._outputs: tuple[int, ...] = ()
+
+    # graph construction -------------------------------------------------------------
+
+    def shape(self, tensor: int) -> tuple[int, ...]:
+        """Shape of a tensor added earlier."""
+        return self._tensors[tensor].shape
+
+    def constant(self, name: str, value: NDArray[np.float32] | NDArray[np.int32]) -> int:
+        """Add a constant tensor (float32 or int32) and return its index.
+
+        Raises:
+            ModelError: The array's dtype is neither float32 nor int32.
+        """
+        if value.dtype == np.float32:
+            dtype = fb.TensorType.FLOAT32
+        elif value.dtype == np.int32:
+            dtype = fb.TensorType.INT32
+        else:
+            raise ModelError(f"constant {name}: dtype {value.dtype} is not float32 or int32")
+        data = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
+        self._buffers.append(data)
+        self._tensors.append(_Tensor(name, tuple(value.shape), dtype, len(self._buffers) - 1))
+        return len(self._tensors) - 1
+
+    def activation(
+        self, name: str, shape: tuple[int, ...], dtype: fb.TensorType = fb.TensorType.FLOAT32
+    ) -> int:
+        """Add a tensor computed at run time and return its index."""
+        self._tensors.append(_Tensor(name, tuple(shape), dtype, 0))
+        return len(self._tensors) - 1
+
+    def operator(
+        self,
+        opcode: fb.BuiltinOperator,
+        inputs: tuple[int, ...],
+        outputs: tuple[int, ...],
+        options: Options,
+    ) -> int:
+        """Append an operator (run in the order added) and return its index.
+
+        Raises:
+            ModelError: ``options`` are not the kind the operator takes, or a tensor
+                index is unknown.
+        """
+        expected = _OPTIONS_FOR.get(opcode)
+        if expected is None or not isinstance(options, expected):
+            raise ModelError(f"{opcode.name}: options {type(options).__name__} do not fit")
+        for index in (*inputs, *outputs):
+            if not 0 <= index < len(self._tensors):
+                raise ModelError(f"{opcode.name}: tensor index {index} does not exist")
+        self._operators.append(_Operator(opcode, tuple(inputs), tuple(outputs), options))
+        return len(self._operators) - 1
+
+    def operator_info(self, index: int) -> tuple[fb.BuiltinOperator, Options]:
+        """Opcode and options of an operator added earlier."""
+        op = self._operators[index]
+        return op.opcode, op.options
+
+    def replace_options(self, index: int, options: Options) -> None:
+        """Change an operator's options (e.g. to fuse a following ReLU).
+
+        Raises:
+            ModelError: The new options do not fit the operator.
+        """
+        op = self._operators[index]
+        if not isinstance(options, type(op.options)):
+            raise ModelError(f"{op.opcode.name}: options {type(options).__name__} do not fit")
+        self._operators[index] = replace(op, options=options)
+
+    def set_io(self, inputs: tuple[int, ...], outputs: tuple[int, ...]) -> None:
+        """Declare the subgraph's input and output tensors."""
+        self._inputs, self._outputs = tuple(inputs), tuple(outputs)
+
+    @property
+    def num_operators(self) -> int:
+        """Operators added so far."""
+        return len(self._operators)
+
+    # serialization ------------------------------------------------------------------
+
+    def serialize(self) -> bytes:
+        """The model as ``.tflite`` bytes.
+
+        Raises:
+            ModelError: Inputs or outputs were not declared.
+        """
+        if not self._inputs or not self._outputs:
+            raise ModelError("the graph's inputs and outputs were not declared")
+        total = sum(len(b) + _BUFFER_ALIGNMENT for b in self._buffers)
+        builder = flatbuffers.Builder(total + 1024 * (len(self._tensors) + 16))
+
+        buffer_offsets = [self._write_buffer(builder, data) for data in self._buffers]
+        buffers_vec = _offset_vector(builder, buffer_offsets)
+
+        tensor_offsets = [self._write_tensor(builder, t) for t in self._tensors]
+        tensors_vec = _offset_vector(builder, tensor_offsets)
+
+        opcodes = sorted({op.opcode for op in self._operators}, key=int)
+        opcode_index = {code: i for i, code in enumerate(opcodes)}
+        operator_offsets = [
+            self._write_operator(builder, op, opcode_index[op.opcode]) for op in self._operators
+        ]
+        operators_vec = _offset_vector(builder, operator_offsets)
+
+        inputs_vec = _int_vector(builder, self._inputs)
+        outputs_vec = _int_vector(builder, self._outputs)
+        name = builder.CreateString("main")
+        builder.StartObject(fb.SUBGRAPH_SLOTS)
+        builder.PrependUOffsetTRelativeSlot(fb.SubGraphField.tensors, tensors_vec, 0)
+        builder.PrependUOffsetTRelativeSlot(fb.SubGraphField.inputs, inputs_vec, 0)
+        builder.PrependUOffsetTRelativeSlot(fb.SubGraphField.outputs, outputs_vec, 0)
+        builder.PrependUOffsetTRelativeSlot(fb.SubGraphField.operators, operators_vec, 0)
+        builder.PrependUOffsetTRelativeSlot(fb.SubGraphField.name, name, 0)
+        subgraph = builder.EndObject()
+        subgraphs_vec = _offset_vector(builder, [subgraph])
+
+        code_offsets = []
+        for code in opcodes:
+            builder.StartObject(fb.OPERATOR_CODE_SLOTS)
+            # Codes below 127 are also written to the deprecated int8 field, as TFLite's
+            # own converter does, so older runtimes read them too.
+            builder.PrependInt8Slot(
+                fb.OperatorCodeField.deprecated_builtin_code, min(int(code), 127), 0
+            )
+            builder.PrependInt32Slot(fb.OperatorCodeField.version, 1, 1)
+            builder.PrependInt32Slot(fb.OperatorCodeField.builtin_code, int(code), 0)
+            code_offsets.append(builder.EndObject())
+        codes_vec = _offset_vector(builder, code_offsets)
+
+        description = builder.CreateString(self.description)
+        builder.StartObject(fb.MODEL_SLOTS)
+        builder.PrependUint32Slot(fb.ModelField.version, fb.SCHEMA_VERSION, 0)
+        builder.PrependUOffsetTRelativeSlot(fb.ModelField.operator_codes, codes_vec, 0)
+        builder.PrependUOffsetTRelativeSlot(fb.ModelField.subgraphs, subgraphs_vec, 0)
+        builder.PrependUOffsetTRelativeSlot(fb.ModelField.description, description, 0)
+        builder.PrependUOffsetTRelativeSlot(fb.ModelField.buffers, buffers_vec, 0)
+        model = builder.EndObject()
+        builder.Finish(model, file_identifier=fb.FILE_IDENTIFIER)
+        return bytes(builder.Output())
+
+    @staticmethod
+    def _write_buffer(builder: flatbuffers.Builder, data: bytes) -> int:
+        vector = 0
+        if data:
+            # As Builder.CreateNumpyVector does, but with the 16-byte alignment TFLite's
+            # schema asks for (CreateNumpyVector aligns to the element size only).
+            builder.StartVector(1, len(data), _BUFFER_ALIGNMENT)
+            builder.head = builder.head - len(data)
+            builder.Bytes[builder.head : builder.head + len(data)] = data
+            vector = builder.EndVector(len(data))
+        builder.StartObject(fb.BUFFER_SLOTS)
+        if vector:
+            builder.PrependUOffsetTRelativeSlot(fb.BufferField.data, vector, 0)
+        return int(builder.EndObject())
+
+    @staticmethod
+    def _write_tensor(builder: flatbuffers.Builder, tensor: _Tensor) -> int:
+        name = builder.CreateString(tensor.name)
+        shape = _int_vector(builder, tensor.shape)
+        builder.StartObject(fb.TENSOR_SLOTS)
+        builder.PrependUOffsetTRelativeSlot(fb.TensorField.shape, shape, 0)
+        builder.PrependInt8Slot(fb.TensorField.type, int(tensor.dtype), 0)
+        builder.PrependUint32Slot(fb.TensorField.buffer, tensor.buffer, 0)
+        builder.PrependUOffsetTRelativeSlot(fb.TensorField.name, name, 0)
+        return int(builder.EndObject())
+
+    @staticmethod
+    def _write_operator(builder: flatbuffers.Builder, op: _Operator, opcode_index: int) -> int:
+        options_type, options = _write_options(builder, op.options)
+        inputs = _int_vector(builder, op.inputs)
+        outputs = _int_vector(builder, op.outputs)
+        builder.StartObject(fb.OPERATOR_SLOTS)
+        builder.PrependUint32Slot(fb.OperatorField.opcode_index, opcode_index, 0)
+        builder.PrependUOffsetTRelativeSlot(fb.OperatorField.inputs, inputs, 0)
+        builder.PrependUOffsetTRelativeSlot(fb.OperatorField.outputs, outputs, 0)
+        builder.PrependUint8Slot(fb.OperatorField.builtin_options_type, int(options_type), 0)
+        builder.PrependUOffsetTRelativeSlot(fb.OperatorField.builtin_options, options, 0)
+        return int(builder.EndObject())
+
+
+def _write_options(builder: flatbuffers.Builder, options: Options) -> tuple[fb.BuiltinOptions, int]:
+    if isinstance(options, Conv2DOptions):
+        builder.StartObject(fb.CONV2D_OPTIONS_SLOTS)
+        builder.PrependInt8Slot(fb.Conv2DOptionsField.padding, int(options.padding), 0)
+        builder.PrependInt32Slot(fb.Conv2DOptionsField.stride_w, options.stride_w, 0)
+        builder.PrependInt32Slot(fb.Conv2DOptionsField.stride_h, options.stride_h, 0)
+        builder.PrependInt8Slot(
+            fb.Conv2DOptionsField.fused_activation_function, int(options.activation), 0
+        )
+        builder.PrependInt32Slot(fb.Conv2DOptionsField.dilation_w_factor, 1, 1)
+        builder.PrependInt32Slot(fb.Conv2DOptionsField.dilation_h_factor, 1, 1)
+        return fb.BuiltinOptions.Conv2DOptions, int(builder.EndObject())
+    if isinstance(options, Pool2DOptions):
+        builder.StartObject(fb.POOL2D_OPTIONS_SLOTS)
+        builder.PrependInt8Slot(fb.Pool2DOptionsField.padding, int(options.padding), 0)
+        builder.PrependInt32Slot(fb.Pool2DOptionsField.stride_w, options.stride_w, 0)
+        builder.PrependInt32Slot(fb.Pool2DOptionsField.stride_h, options.stride_h, 0)
+        builder.PrependInt32Slot(fb.Pool2DOptionsField.filter_width, options.filter_w, 0)
+        builder.PrependInt32Slot(fb.Pool2DOptionsField.filter_height, options.filter_h, 0)
+        builder.PrependInt8Slot(
+            fb.Pool2DOptionsField.fused_activation_function, int(options.activation), 0
+        )
+        return fb.BuiltinOptions.Pool2DOptions, int(builder.EndObject())
+    if isinstance(options, FullyConnectedOptions):
+        builder.StartObject(fb.FULLY_CONNECTED_OPTIONS_SLOTS)
+        builder.PrependInt8Slot(
+            fb.FullyConnectedOptionsField.fused_activation_function, int(options.activation), 0
+        )
+        return fb.BuiltinOptions.FullyConnectedOptions, int(builder.EndObject())
+    if isinstance(options, AddOptions | MulOptions):
+        builder.StartObject(fb.ADD_OPTIONS_SLOTS)
+        builder.PrependInt8Slot(
+            fb.AddOptionsField.fused_activation_function, int(options.activation), 0
+        )
+        kind = (
+            fb.BuiltinOptions.AddOptions
+            if isinstance(options, AddOptions)
+            else fb.BuiltinOptions.MulOptions
+        )
+        return kind, int(builder.EndObject())
+    if isinstance(options, PadOptions):
+        builder.StartObject(0)
+        return fb.BuiltinOptions.PadOptions, int(builder.EndObject())
+    builder.StartObject(fb.REDUCER_OPTIONS_SLOTS)
+    builder.PrependBoolSlot(fb.ReducerOptionsField.keep_dims, options.keep_dims, False)
+    return fb.BuiltinOptions.ReducerOptions, int(builder.EndObject())
+
+
+def _int_vector(builder: flatbuffers.Builder, values: tuple[int, ...]) -> int:
+    return int(builder.CreateNumpyVector(np.asarray(values, dtype=np.int32)))
+
+
+def _offset_vector(builder: flatbuffers.Builder, offsets: list[int]) -> int:
+    builder.StartVector(4, len(offsets), 4)
+    for offset in reversed(offsets):
+        builder.PrependUOffsetTRelative(offset)
+    return int(builder.EndVector(len(offsets)))
