@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from device.cli import main
@@ -35,3 +37,48 @@ def list_models(as_json: bool) -> None:
     for row in rows:
         click.echo(f"{row['id']:<20} {row['kind']:<9} {row['source']:<8} {row['status']:<8} "
                    f"{row['detail']}")
+
+
+@models_group.command("build")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Model cache to build into (default: $FACEGATE_MODEL_DIR, $STATE_DIRECTORY/models "
+    "or ~/.cache/facegate/models).",
+)
+@json_option
+@handle_errors
+def build_models(cache_dir: Path | None, as_json: bool) -> None:
+    """Build every `source = "build"` model (e.g. dlib's encoder as TFLite) into the cache.
+
+    Idempotent: a model whose file is already there with the pinned sha256 is left alone.
+    """
+    from device.modelzoo import build as model_build
+
+    def progress(message: str) -> None:
+        click.echo(message, err=True)
+
+    results = model_build.build_all(cache_dir, progress=progress)
+    rows = [
+        {
+            "id": r.model_id,
+            "status": "built" if r.built else "up-to-date",
+            "path": str(r.path),
+            "sha256": r.sha256,
+            "seconds": round(r.seconds, 2),
+        }
+        for r in results
+    ]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no model in the manifest is built from upstream weights")
+    for row in rows:
+        note = (
+            f"built in {row['seconds']:.1f} s"
+            if row["status"] == "built"
+            else "already built and verified, nothing to do"
+        )
+        click.echo(f"{row['id']:<20} {row['status']:<10} {row['path']}  ({note})")
