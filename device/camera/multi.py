@@ -149,6 +149,7 @@ class CameraRunner:
         self._lock = threading.Lock()
         self._failures: dict[str, BaseException] = {}
         self._threads: list[threading.Thread] = []
+        self._started = False
         self._remaining = 0
 
     @property
@@ -162,8 +163,9 @@ class CameraRunner:
         Raises:
             RuntimeError: Already started.
         """
-        if self._threads:
+        if self._started:
             raise RuntimeError("CameraRunner already started")
+        self._started = True
         self._remaining = len(self._sources)
         if not self._sources:
             self._done.set()
