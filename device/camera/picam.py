@@ -51,12 +51,13 @@ def import_picamera2() -> ModuleType:
     """Import picamera2 now.
 
     Raises:
-        CameraError: picamera2 or libcamera's bindings are not installed.
+        CameraHardwareError: picamera2 or libcamera's bindings are not installed (the
+            camera cannot be used on this system).
     """
     try:
         return importlib.import_module("picamera2")
     except ImportError as exc:
-        raise CameraError(f"picamera2 is not available ({exc}); {PICAMERA2_HINT}") from exc
+        raise CameraHardwareError(f"picamera2 is not available ({exc}); {PICAMERA2_HINT}") from exc
 
 
 def picamera_to_rgb(array: Any, origin: str) -> Image:
@@ -78,8 +79,8 @@ class PiCamera2Source(BaseSource):
         config: The source's section.
 
     Raises:
-        CameraError: picamera2 is not installed (the message says how to install it).
-        CameraHardwareError: No camera at ``camera_num``, or it cannot be started.
+        CameraHardwareError: picamera2 is not installed (the message says how to
+            install it), no camera at ``camera_num``, or it cannot be started.
     """
 
     def __init__(self, config: PiCamera2SourceConfig) -> None:

@@ -30,6 +30,7 @@ def test_absent_picamera2_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "picamera2", None)  # makes `import picamera2` fail
     with pytest.raises(CameraError) as info:
         open_source(PiCamera2SourceConfig(camera_id="pi"))
+    assert isinstance(info.value, HardwareError)
     message = str(info.value)
     assert "python3-picamera2" in message
     assert "--system-site-packages" in message
