@@ -215,9 +215,8 @@ class BaseSource(ABC):
         """Yield frames until the input ends or the source is closed.
 
         Raises:
-            CameraError: The input cannot be read at all (the health report then
-                shows ``FAILED`` and the message).
-            ImageError: A single-image source cannot decode its image.
+            CameraError: The input cannot be read at all, or a live stream gave up
+                reconnecting (the health report then shows ``FAILED`` and the message).
         """
         if self.closed:
             return

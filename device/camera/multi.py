@@ -219,7 +219,11 @@ class CameraRunner:
         return self._done.is_set()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Close every source (ending pacing and backoff waits) and join the threads."""
+        """Close every source (ending pacing and backoff waits) and join the threads.
+
+        A close waits for a read in progress, so a live stream can hold this up to
+        its read timeout; each thread is joined for at most ``timeout`` seconds.
+        """
         self._stop.set()
         for source in self._sources:
             self._close(source)
