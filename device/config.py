@@ -28,7 +28,11 @@ M = TypeVar("M", bound=BaseModel)
 class Section(BaseModel):
     """Base of every configuration model: frozen, unknown keys refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # hide_input_in_errors: a bad value may be a secret (a password in an RTSP URL);
+    # errors name the key and line, never echo the value.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, hide_input_in_errors=True
+    )
 
 
 _TABLE = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
