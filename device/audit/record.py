@@ -1,0 +1,329 @@
+"""One audit record: its kinds, its canonical encoding, its hash, and the biometric guard.
+
+Everything here is a pure function over plain values, so the chain rules can be
+tested and re-implemented (by an off-unit verifier) without a database.
+
+The hash of a record is SHA-256 over eight fields, each UTF-8 encoded and preceded
+by its length as an 8-byte big-endian integer::
+
+    "facegate-audit/1", log_id, str(seq), ts, kind, actor, payload, prev_hash
+
+Length prefixes make the encoding unambiguous: no two different field tuples give
+the same bytes, whatever characters the fields contain. ``payload`` is hashed as
+its stored canonical JSON text, so a verifier never has to re-serialise JSON
+(floats in particular) the way Python does; it hashes the bytes it reads.
+``log_id`` is a random per-log identifier, so a record (or a whole chain) copied
+from another unit's log does not verify in this one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Final
+
+from device.errors import AuditError
+
+HASH_DOMAIN: Final = "facegate-audit/1"
+GENESIS_HASH: Final = "0" * 64
+"""The ``prev_hash`` of record 1."""
+
+TS_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%fZ"
+TS_PATTERN: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+HASH_PATTERN: Final = re.compile(r"[0-9a-f]{64}")
+KIND_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+MAX_ACTOR_CHARS: Final = 128
+MAX_PAYLOAD_BYTES: Final = 8192
+"""An audit payload is a handful of ids and numbers; anything bigger is refused."""
+
+
+class AuditKind(StrEnum):
+    """What an audit record is about. Add members here; verification accepts any
+    lower-case kind, so logs written by a newer version still verify with an older one."""
+
+    SERVICE_START = "service_start"
+    SERVICE_STOP = "service_stop"
+    CONFIG_CHANGE = "config_change"
+    THRESHOLD_CHANGE = "threshold_change"
+    ENROLL = "enroll"
+    DELETE = "delete"
+    SYNC_APPLIED = "sync_applied"
+    SYNC_REFUSED = "sync_refused"
+    MATCH_DECISION = "match_decision"
+    RETENTION_PURGE = "retention_purge"
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One stored record, exactly as it sits in the log.
+
+    Attributes:
+        seq: Position in the chain, from 1, without gaps.
+        ts: UTC time of writing, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
+        kind: An :class:`AuditKind` value (kept as text: newer kinds stay readable).
+        actor: Who caused it (``service``, ``cli``, ``sync``, ``pipeline``, …).
+        payload: Canonical JSON text of a JSON object.
+        prev_hash: ``hash`` of record ``seq - 1`` (:data:`GENESIS_HASH` for record 1).
+        hash: :func:`record_hash` of the fields above and the log's id.
+    """
+
+    seq: int
+    ts: str
+    kind: str
+    actor: str
+    payload: str
+    prev_hash: str
+    hash: str
+
+    def payload_obj(self) -> dict[str, object]:
+        """The payload parsed back into a dict.
+
+        Raises:
+            AuditError: The stored payload is not a JSON object.
+        """
+        return parse_payload(self.payload)
+
+    def to_export(self, log_id: str) -> dict[str, object]:
+        """The JSON-lines form used by ``facegate audit export``: every field needed to
+        verify the record offline, payload as an object for readability."""
+        return {
+            "log_id": log_id,
+            "seq": self.seq,
+            "ts": self.ts,
+            "kind": self.kind,
+            "actor": self.actor,
+            "payload": self.payload_obj(),
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+def canonical_json(obj: object) -> str:
+    """Serialise ``obj`` canonically: sorted keys, no whitespace, UTF-8 (no ``\\u``
+    escapes for non-ASCII), no NaN or infinities.
+
+    Raises:
+        AuditError: ``obj`` is not representable as strict JSON.
+    """
+    try:
+        return json.dumps(
+            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise AuditError(f"audit payload is not plain JSON: {exc}") from exc
+
+
+def parse_payload(text: str) -> dict[str, object]:
+    """Parse a stored payload.
+
+    Raises:
+        AuditError: ``text`` is not a JSON object.
+    """
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise AuditError(f"audit payload is not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise AuditError("audit payload is not a JSON object")
+    return obj
+
+
+def record_hash(
+    log_id: str, seq: int, ts: str, kind: str, actor: str, payload: str, prev_hash: str
+) -> str:
+    """SHA-256 (hex) over the length-prefixed fields of a record; see the module doc.
+
+    Strings read back from a damaged file may hold undecodable bytes (as surrogate
+    escapes); they are hashed as the original bytes, so damage changes the hash.
+    """
+    digest = hashlib.sha256()
+    for field in (HASH_DOMAIN, log_id, str(seq), ts, kind, actor, payload, prev_hash):
+        data = field.encode("utf-8", "surrogateescape")
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def format_ts(when: datetime) -> str:
+    """``when`` as the log's fixed-width UTC text (sorts as it compares).
+
+    Raises:
+        ValueError: ``when`` is naive; audit times must carry a time zone.
+    """
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError("audit timestamps must be timezone-aware")
+    return when.astimezone(UTC).strftime(TS_FORMAT)
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an ISO-8601 time as typed on a command line; naive times are UTC.
+
+    Raises:
+        AuditError: ``text`` is not an ISO-8601 date or time.
+    """
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise AuditError(f"not an ISO-8601 time: {text!r}") from exc
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+# --- the biometric guard -------------------------------------------------------------
+
+BIOMETRIC_WORDS: Final = frozenset(
+    {
+        "embedding", "embeddings", "image", "images", "img", "face", "faces", "chip",
+        "chips", "crop", "crops", "frame", "frames", "thumbnail", "thumb", "snapshot",
+        "jpeg", "jpg", "png", "pixels", "descriptor", "descriptors", "vector", "vectors",
+        "landmarks", "biometric", "biometrics", "template",
+    }
+)  # fmt: skip
+"""A payload key containing one of these words (split on ``_``, ``-``, ``.``, spaces
+and camelCase) is refused. Deliberately broad: rename ``face_count`` to
+``detections`` rather than weaken the guard."""
+
+MAX_NUMBERS_IN_LIST: Final = 16
+"""A list holding this many numbers (counting through nested lists) looks like an
+embedding (128 or 512 floats, or int8 codes) and is refused."""
+
+MAX_STRING_CHARS: Final = 1024
+MAX_ENCODED_CHARS: Final = 160
+"""A string this long made only of base64/hex characters looks like encoded pixels
+or an encoded embedding (128 int8 values are 172 base64 characters). SHA-256 hex
+digests (64) and Ed25519 signatures (88 base64, 128 hex) pass."""
+
+_KEY_SPLIT = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
+_ENCODED = re.compile(r"[A-Za-z0-9+/=_-]+")
+
+
+def _key_words(key: str) -> set[str]:
+    return {word.lower() for word in _KEY_SPLIT.split(key) if word}
+
+
+def _count_numbers(items: list[object] | tuple[object, ...]) -> int:
+    count = 0
+    for item in items:
+        if isinstance(item, bool):
+            continue
+        if isinstance(item, int | float):
+            count += 1
+        elif isinstance(item, list | tuple):
+            count += _count_numbers(item)
+    return count
+
+
+def check_payload(payload: Mapping[str, object]) -> str:
+    """Validate a payload and return its canonical JSON text.
+
+    Allowed values: ``None``, ``bool``, ``int``, finite ``float``, ``str``, lists
+    and string-keyed dicts of these. Refused, because the audit log must never hold
+    biometric data: keys naming biometric material (:data:`BIOMETRIC_WORDS`), bytes
+    of any kind, array objects (anything with ``__array__`` or ``tolist``), lists of
+    many numbers, long strings, long base64/hex strings, and payloads over
+    :data:`MAX_PAYLOAD_BYTES`.
+
+    Args:
+        payload: The record's payload.
+
+    Returns:
+        The canonical JSON text to store.
+
+    Raises:
+        AuditError: The payload holds (or looks like it holds) biometric data, or is
+            not plain JSON.
+    """
+    if not isinstance(payload, Mapping):
+        raise AuditError(f"audit payload must be a mapping, not {type(payload).__name__}")
+    _check_value(payload, "payload")
+    text = canonical_json(dict(payload))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise AuditError(f"audit payload is not valid Unicode: {exc}") from exc
+    if size > MAX_PAYLOAD_BYTES:
+        raise AuditError(
+            f"audit payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES} "
+            "(the audit log records facts, not data)"
+        )
+    return text
+
+
+def _check_value(value: object, where: str) -> None:
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise AuditError(f"audit payload {where} is {value}; only finite numbers allowed")
+        return
+    if isinstance(value, str):
+        _check_string(value, where)
+        return
+    if isinstance(value, bytes | bytearray | memoryview):
+        raise AuditError(
+            f"audit payload {where} is binary data; the audit log must never hold "
+            "biometric data (images, face chips, embeddings)"
+        )
+    if hasattr(value, "__array__") or hasattr(value, "tolist"):
+        raise AuditError(
+            f"audit payload {where} is an array ({type(value).__name__}); the audit log "
+            "must never hold biometric data such as embeddings"
+        )
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise AuditError(f"audit payload {where} has a non-string key {key!r}")
+            hits = _key_words(key) & BIOMETRIC_WORDS
+            if hits:
+                raise AuditError(
+                    f"audit payload key {where}.{key} names biometric data "
+                    f"({', '.join(sorted(hits))}); the audit log keeps facts (ids, "
+                    "versions, scores), never images or embeddings"
+                )
+            _check_value(item, f"{where}.{key}")
+        return
+    if isinstance(value, list | tuple):
+        if _count_numbers(value) >= MAX_NUMBERS_IN_LIST:
+            raise AuditError(
+                f"audit payload {where} is a list of {_count_numbers(value)} numbers, which "
+                "looks like an embedding; the audit log must never hold biometric data"
+            )
+        for index, item in enumerate(value):
+            _check_value(item, f"{where}[{index}]")
+        return
+    raise AuditError(f"audit payload {where} has unsupported type {type(value).__name__}")
+
+
+def _check_string(value: str, where: str) -> None:
+    if len(value) > MAX_STRING_CHARS:
+        raise AuditError(
+            f"audit payload {where} is a {len(value)}-character string; the limit is "
+            f"{MAX_STRING_CHARS}"
+        )
+    if len(value) >= MAX_ENCODED_CHARS and _ENCODED.fullmatch(value):
+        raise AuditError(
+            f"audit payload {where} is a long base64/hex string, which looks like encoded "
+            "image or embedding data; the audit log must never hold biometric data"
+        )
+
+
+def check_actor(actor: str) -> None:
+    """Refuse an empty, over-long or control-character actor.
+
+    Raises:
+        AuditError: The actor is unusable.
+    """
+    if not isinstance(actor, str) or not actor or len(actor) > MAX_ACTOR_CHARS:
+        raise AuditError(f"audit actor must be 1–{MAX_ACTOR_CHARS} characters, got {actor!r}")
+    if any(ch < " " or ch == "\x7f" for ch in actor):
+        raise AuditError(f"audit actor contains control characters: {actor!r}")
+    try:
+        actor.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise AuditError(f"audit actor is not valid Unicode: {actor!r}") from exc
