@@ -27,3 +27,5 @@ def bench() -> None:
 # Verb registration: one import per module; each module attaches its commands to
 # `main` or `bench`.
 from device.cli import models_cmd  # noqa: E402,F401
+
+from device.cli import audit_cmd  # noqa: E402,F401  # isort: skip
