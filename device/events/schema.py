@@ -1,0 +1,475 @@
+"""Payloads the unit publishes: versioned JSON Schemas and a privacy guard.
+
+Every payload on every topic passes two checks before it reaches the outbox or the
+network:
+
+* :func:`validate` checks it against the versioned JSON Schema shipped in
+  ``device/events/schemas/`` (``additionalProperties: false`` everywhere, numeric
+  ranges, normalised boxes);
+* :func:`privacy_guard` refuses anything that looks like biometric data, whatever
+  the topic: long numeric arrays (an embedding), long base64/hex blobs or ``data:``
+  URIs (an image), keys such as ``embedding``/``image``/``chip``/``jpeg``, and
+  oversized payloads.
+
+:class:`MatchEvent` is the value the decision stage hands to the publisher.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, Final
+
+from jsonschema import Draft202012Validator
+
+from device.errors import PublishError
+
+#: Value of the ``schema`` field of each payload kind, and the file that defines it.
+MATCH_SCHEMA: Final = "facegate/match/1"
+HEALTH_SCHEMA: Final = "facegate/health/1"
+GALLERY_STATE_SCHEMA: Final = "facegate/gallery_state/1"
+
+SCHEMA_FILES: Final[Mapping[str, str]] = {
+    MATCH_SCHEMA: "match.v1.json",
+    HEALTH_SCHEMA: "health.v1.json",
+    GALLERY_STATE_SCHEMA: "gallery_state.v1.json",
+}
+
+#: Privacy guard limits. An embedding is 128-512 numbers; a face chip is kilobytes.
+MAX_NUMBERS_PER_ARRAY: Final = 16
+MAX_BLOB_CHARS: Final = 64
+MAX_HEX_CHARS: Final = 128
+MIN_RANDOM_CHARS: Final = 48
+RANDOM_CLASS_CHANGE_RATE: Final = 0.45
+MAX_STRING_CHARS: Final = 512
+MAX_PAYLOAD_BYTES: Final = 32 * 1024
+MAX_DEPTH: Final = 8
+
+#: Key tokens that never appear in an outgoing payload (keys are split on ``_``,
+#: ``-``, ``.``, spaces and camelCase before comparing).
+FORBIDDEN_KEY_TOKENS: Final = frozenset(
+    {
+        "embedding",
+        "embeddings",
+        "vector",
+        "vectors",
+        "descriptor",
+        "descriptors",
+        "image",
+        "images",
+        "img",
+        "chip",
+        "chips",
+        "faceimage",
+        "jpeg",
+        "jpg",
+        "png",
+        "webp",
+        "thumbnail",
+        "snapshot",
+        "crop",
+        "pixels",
+        "frame",
+    }
+)
+
+_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_REF_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_BLOB_RE: Final = re.compile(rf"\S{{{MAX_BLOB_CHARS},}}")
+_HEX_RE: Final = re.compile(r"^[0-9A-Fa-f-]+$")
+_BASE32_RE: Final = re.compile(r"^(?=.*[2-7])[A-Z2-7]+$")
+_SEPARATORS_RE: Final = re.compile(r"[/_.:=+-]")
+_DATA_URI_RE: Final = re.compile(r"data:[a-z]+/[a-z0-9.+-]+[;,]", re.IGNORECASE)
+_KEY_SPLIT_RE: Final = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
+
+
+def is_valid_id(value: str) -> bool:
+    """Whether ``value`` can be a unit or camera id (one safe MQTT topic level)."""
+    return bool(_ID_RE.match(value))
+
+
+def format_timestamp(epoch: float) -> str:
+    """RFC 3339 UTC with milliseconds, e.g. ``2024-05-01T12:00:00.123Z``."""
+    moment = datetime.fromtimestamp(epoch, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_timestamp(text: str) -> float:
+    """Inverse of :func:`format_timestamp`.
+
+    Raises:
+        PublishError: ``text`` is not an RFC 3339 UTC timestamp ending in ``Z``.
+    """
+    if not text.endswith("Z"):
+        raise PublishError(f"timestamp {text!r} is not UTC (must end in Z)")
+    try:
+        return datetime.fromisoformat(text[:-1] + "+00:00").timestamp()
+    except ValueError as exc:
+        raise PublishError(f"timestamp {text!r} is not RFC 3339: {exc}") from exc
+
+
+@functools.cache
+def _validator(schema_id: str) -> Draft202012Validator:
+    name = SCHEMA_FILES.get(schema_id)
+    if name is None:
+        raise PublishError(f"unknown payload schema {schema_id!r}; known: {sorted(SCHEMA_FILES)}")
+    text = resources.files("device.events").joinpath("schemas", name).read_text("utf-8")
+    document = json.loads(text)
+    Draft202012Validator.check_schema(document)
+    return Draft202012Validator(document)
+
+
+def load_schema(schema_id: str) -> dict[str, Any]:
+    """The JSON Schema document for ``schema_id`` (e.g. ``facegate/match/1``).
+
+    Raises:
+        PublishError: No schema file is known for ``schema_id``.
+    """
+    return dict(_validator(schema_id).schema)
+
+
+def validate(schema_id: str, payload: Mapping[str, Any]) -> None:
+    """Check ``payload`` against the schema ``schema_id``.
+
+    Raises:
+        PublishError: The payload does not match; the message names the first
+            offending field (the offending value is not repeated in full).
+    """
+    validator = _validator(schema_id)
+    error = next(iter(sorted(validator.iter_errors(payload), key=lambda e: list(e.path))), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        message = error.message if len(error.message) <= 160 else error.message[:157] + "..."
+        raise PublishError(f"{schema_id} payload invalid at {where}: {message}")
+
+
+def _key_tokens(key: str) -> set[str]:
+    tokens = {t.lower() for t in _KEY_SPLIT_RE.split(key) if t}
+    tokens.add(re.sub(r"[^a-z0-9]", "", key.lower()))
+    return tokens
+
+
+def _numbers_in(items: list[Any] | tuple[Any, ...]) -> int:
+    count = 0
+    for item in items:
+        if isinstance(item, bool):
+            continue
+        if isinstance(item, int | float):
+            count += 1
+        elif isinstance(item, list | tuple):
+            count += _numbers_in(item)
+    return count
+
+
+def _char_class(char: str) -> int:
+    if char.isdigit():
+        return 0
+    if char.isupper():
+        return 1
+    return 2 if char.islower() else 3
+
+
+def _looks_random(run: str) -> bool:
+    """Whether a long run without spaces looks like encoded binary data.
+
+    Topic paths, URLs, snake_case and camelCase ids use the alphabet of base64 (or
+    base85) but change between upper case, lower case, digits and punctuation rarely
+    (once or twice a word); base64 of binary data changes class at about two
+    characters in three, base85 more often.
+    """
+    letters = _SEPARATORS_RE.sub("", run)
+    if len(letters) < MIN_RANDOM_CHARS:
+        return False
+    if _BASE32_RE.match(letters):
+        return True
+    changes = sum(_char_class(a) != _char_class(b) for a, b in itertools.pairwise(letters))
+    return changes / (len(letters) - 1) >= RANDOM_CLASS_CHANGE_RATE
+
+
+def _check_string(value: str, where: str) -> None:
+    if len(value) > MAX_STRING_CHARS:
+        raise PublishError(f"privacy guard: string at {where} is {len(value)} characters long")
+    if _DATA_URI_RE.search(value):
+        raise PublishError(f"privacy guard: data URI at {where}")
+    for run in _BLOB_RE.findall(value):
+        if _HEX_RE.match(run):
+            if len(run) > MAX_HEX_CHARS:
+                raise PublishError(f"privacy guard: {len(run)}-character hex blob at {where}")
+            continue
+        if _looks_random(run):
+            raise PublishError(f"privacy guard: {len(run)}-character base64-like blob at {where}")
+
+
+def _walk(value: Any, where: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise PublishError(f"privacy guard: payload nested deeper than {MAX_DEPTH} at {where}")
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise PublishError(f"privacy guard: non-finite number at {where}")
+        return
+    if isinstance(value, str):
+        _check_string(value, where)
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise PublishError(f"privacy guard: non-string key at {where}")
+            _check_string(key, where)
+            bad = _key_tokens(key) & FORBIDDEN_KEY_TOKENS
+            if bad:
+                raise PublishError(
+                    f"privacy guard: key {key!r} at {where} looks like biometric data "
+                    f"({', '.join(sorted(bad))})"
+                )
+            _walk(item, f"{where}/{key}", depth + 1)
+        return
+    if isinstance(value, list | tuple):
+        numbers = _numbers_in(value)
+        if numbers > MAX_NUMBERS_PER_ARRAY:
+            raise PublishError(
+                f"privacy guard: array of {numbers} numbers at {where} looks like an embedding"
+            )
+        for index, item in enumerate(value):
+            _walk(item, f"{where}/{index}", depth + 1)
+        return
+    raise PublishError(
+        f"privacy guard: value of type {type(value).__name__} at {where} is not plain JSON"
+    )
+
+
+def privacy_guard(payload: object) -> None:
+    """Refuse a payload that could carry an image or an embedding.
+
+    Runs on every outgoing payload of every topic, schema or not.
+
+    Raises:
+        PublishError: The payload holds a long numeric array, a base64/hex blob, a
+            ``data:`` URI, a forbidden key (``embedding``, ``image``, ``chip``, ...), a
+            non-JSON value, or is larger than :data:`MAX_PAYLOAD_BYTES` encoded.
+    """
+    if isinstance(payload, bytes | bytearray | memoryview):
+        raise PublishError("privacy guard: raw bytes are never published; pass JSON values")
+    _walk(payload, "", 0)
+    size = len(encode(payload, check=False))
+    if size > MAX_PAYLOAD_BYTES:
+        raise PublishError(f"privacy guard: payload of {size} bytes exceeds {MAX_PAYLOAD_BYTES}")
+
+
+def encode(payload: object, *, check: bool = True) -> bytes:
+    """Compact UTF-8 JSON for the wire, after the privacy guard unless ``check`` is False.
+
+    Raises:
+        PublishError: The guard refuses it or it is not JSON-serialisable.
+    """
+    if check:
+        privacy_guard(payload)
+    try:
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PublishError(f"payload is not JSON-serialisable: {exc}") from exc
+    return text.encode("utf-8")
+
+
+def prepare(schema_id: str, payload: Mapping[str, Any]) -> bytes:
+    """Validate against ``schema_id``, run the privacy guard, encode.
+
+    Raises:
+        PublishError: The payload fails the schema or the guard.
+    """
+    if payload.get("schema") != schema_id:
+        raise PublishError(
+            f"payload declares schema {payload.get('schema')!r}, expected {schema_id!r}"
+        )
+    validate(schema_id, payload)
+    return encode(payload)
+
+
+@dataclass(frozen=True, slots=True)
+class NormalisedBox:
+    """A face box as fractions of the frame: ``(x, y)`` top-left, ``(w, h)`` size.
+
+    Raises:
+        PublishError: On construction, when a value is outside ``[0, 1]``, the size is
+            not positive, or the box extends past the frame.
+    """
+
+    x: float
+    y: float
+    w: float
+    h: float
+
+    def __post_init__(self) -> None:
+        values = (self.x, self.y, self.w, self.h)
+        if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
+            raise PublishError(f"normalised box {values} has values outside [0, 1]")
+        if self.w <= 0.0 or self.h <= 0.0:
+            raise PublishError(f"normalised box {values} has no area")
+        if self.x + self.w > 1.0 + 1e-6 or self.y + self.h > 1.0 + 1e-6:
+            raise PublishError(f"normalised box {values} extends past the frame")
+
+    @classmethod
+    def from_pixels(
+        cls, box: tuple[float, float, float, float], width: int, height: int
+    ) -> NormalisedBox:
+        """Normalise a pixel box ``(x, y, w, h)``, clipping it to the frame.
+
+        Raises:
+            PublishError: The frame size is not positive or the box lies outside it.
+        """
+        if width <= 0 or height <= 0:
+            raise PublishError(f"frame size {width}x{height} is not positive")
+        x0 = min(max(box[0], 0.0), float(width))
+        y0 = min(max(box[1], 0.0), float(height))
+        x1 = min(max(box[0] + box[2], 0.0), float(width))
+        y1 = min(max(box[1] + box[3], 0.0), float(height))
+        return cls(
+            round(x0 / width, 4),
+            round(y0 / height, 4),
+            round((x1 - x0) / width, 4),
+            round((y1 - y0) / height, 4),
+        )
+
+    def to_json(self) -> dict[str, float]:
+        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h}
+
+
+def _new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True, slots=True)
+class MatchEvent:
+    """One match decision, as published on ``facegate/<unit>/<camera>/match``.
+
+    Attributes:
+        unit: Unit id (one topic level).
+        camera: Camera id (one topic level).
+        track_id: Tracker id of the person's track.
+        identity_id: Gallery id of the matched identity.
+        label: Display label of the identity.
+        similarity: Cosine similarity of the decisive comparison, in ``[-1, 1]``.
+        false_match_rate: Calibrated false-match rate at the threshold used.
+        gallery_version: Version of the searched gallery bundle.
+        model_id: Embedding model id.
+        first_seen: Epoch seconds when the track started.
+        decided_at: Epoch seconds of the decision.
+        faces_considered: Faces of the track that voted.
+        box: Best face's box, normalised to the frame.
+        review_required: A person must check the lead (the default, by policy).
+        event_id: UUID; generated when not given.
+
+    Raises:
+        PublishError: On construction, when a field is out of range (the schema is
+            checked again on :meth:`to_payload`).
+    """
+
+    unit: str
+    camera: str
+    track_id: int
+    identity_id: str
+    label: str
+    similarity: float
+    false_match_rate: float
+    gallery_version: int
+    model_id: str
+    first_seen: float
+    decided_at: float
+    faces_considered: int
+    box: NormalisedBox
+    review_required: bool = True
+    event_id: str = field(default_factory=_new_event_id)
+
+    def __post_init__(self) -> None:
+        if not is_valid_id(self.unit) or not is_valid_id(self.camera):
+            raise PublishError(
+                f"unit {self.unit!r} and camera {self.camera!r} must match {_ID_RE.pattern}"
+            )
+        if not _REF_RE.match(self.identity_id):
+            raise PublishError(f"identity id {self.identity_id!r} must match {_REF_RE.pattern}")
+        if self.decided_at < self.first_seen:
+            raise PublishError("a match cannot be decided before its track was first seen")
+        try:
+            canonical = str(uuid.UUID(self.event_id))
+        except ValueError as exc:
+            raise PublishError(f"event id {self.event_id!r} is not a UUID") from exc
+        if canonical != self.event_id:
+            raise PublishError(f"event id {self.event_id!r} must be a lower-case UUID")
+
+    @property
+    def topic_suffix(self) -> str:
+        """The topic below ``facegate/<unit>/``: ``<camera>/match``."""
+        return f"{self.camera}/match"
+
+    def to_payload(self) -> dict[str, Any]:
+        """The payload dict, validated against ``facegate/match/1``.
+
+        Raises:
+            PublishError: The result does not match the schema.
+        """
+        payload: dict[str, Any] = {
+            "schema": MATCH_SCHEMA,
+            "event_id": self.event_id,
+            "unit": self.unit,
+            "camera": self.camera,
+            "track_id": self.track_id,
+            "identity_id": self.identity_id,
+            "label": self.label,
+            "similarity": round(float(self.similarity), 4),
+            "false_match_rate": float(self.false_match_rate),
+            "gallery_version": self.gallery_version,
+            "model_id": self.model_id,
+            "first_seen": format_timestamp(self.first_seen),
+            "decided_at": format_timestamp(self.decided_at),
+            "faces_considered": self.faces_considered,
+            "review_required": self.review_required,
+            "box": self.box.to_json(),
+        }
+        validate(MATCH_SCHEMA, payload)
+        return payload
+
+    def encode(self) -> bytes:
+        """Wire bytes: validated, privacy-guarded compact JSON.
+
+        Raises:
+            PublishError: The payload fails the schema or the privacy guard.
+        """
+        return prepare(MATCH_SCHEMA, self.to_payload())
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> MatchEvent:
+        """Parse a received payload (a consumer's view; also used by tests).
+
+        Raises:
+            PublishError: The payload does not match ``facegate/match/1``.
+        """
+        if payload.get("schema") != MATCH_SCHEMA:
+            raise PublishError(f"not a {MATCH_SCHEMA} payload: schema={payload.get('schema')!r}")
+        validate(MATCH_SCHEMA, payload)
+        box = payload["box"]
+        return cls(
+            unit=payload["unit"],
+            camera=payload["camera"],
+            track_id=payload["track_id"],
+            identity_id=payload["identity_id"],
+            label=payload["label"],
+            similarity=payload["similarity"],
+            false_match_rate=payload["false_match_rate"],
+            gallery_version=payload["gallery_version"],
+            model_id=payload["model_id"],
+            first_seen=parse_timestamp(payload["first_seen"]),
+            decided_at=parse_timestamp(payload["decided_at"]),
+            faces_considered=payload["faces_considered"],
+            box=NormalisedBox(box["x"], box["y"], box["w"], box["h"]),
+            review_required=payload["review_required"],
+            event_id=payload["event_id"],
+        )
