@@ -29,3 +29,4 @@ def bench() -> None:
 from device.cli import models_cmd  # noqa: E402,F401
 
 from device.cli import audit_cmd  # noqa: E402,F401  # isort: skip
+from device.cli import detect_cmd  # noqa: E402,F401  # isort: skip

@@ -37,7 +37,11 @@ from device.vision.anchors import (
 )
 from device.vision.boxes import Candidates, to_detections
 from device.vision.letterbox import letterbox
-from device.vision.nms import MEDIAPIPE_SUPPRESSION_THRESHOLD, weighted_nms
+from device.vision.nms import (
+    MEDIAPIPE_SUPPRESSION_THRESHOLD,
+    suppress_contained,
+    weighted_nms,
+)
 from device.vision.runtime import ModelRuntime
 from device.vision.tiling import TilingConfig, drop_cut_faces, plan_tiles
 from device.vision.timing import NullTimer, StageTimer
@@ -282,8 +286,11 @@ class BlazeFaceDetector:
         with timer.stage("postprocess"):
             merged = weighted_nms(
                 Candidates.concat(parts), self.config.suppression_threshold,
-                max_detections=self.config.max_faces,
+                max_detections=None if len(parts) > 1 else self.config.max_faces,
             )
+            if len(parts) > 1:  # across scales: drop loose boxes around tighter ones
+                merged = suppress_contained(merged, self.config.tiling.containment_threshold)
+                merged = merged.select(np.arange(min(len(merged), self.config.max_faces)))
             return to_detections(merged)
 
     def close(self) -> None:

@@ -77,6 +77,45 @@ def weighted_nms(
     )
 
 
+def suppress_contained(candidates: Candidates, threshold: float = 0.6) -> Candidates:
+    """Drop a detection when most of it lies inside a better-scored one, or vice versa.
+
+    Overlap is measured as intersection over the *smaller* box's area, so a small
+    box inside a large one counts fully even though their IoU is low. Weighted NMS
+    (IoU) cannot merge detections of one face found at very different scales, as
+    tiling produces: a coarse pass's loose box around a small face and a tile's
+    tight one. Two real faces do not share most of the smaller one's box.
+
+    Args:
+        candidates: Detections in one coordinate frame.
+        threshold: Fraction of the smaller box covered above which the
+            lower-scored detection is dropped.
+
+    Returns:
+        The kept detections, best first.
+    """
+    if len(candidates) < 2:
+        return candidates
+    order = np.argsort(-candidates.scores, kind="stable")
+    boxes = candidates.boxes.astype(np.float64)
+    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(
+        boxes[:, 3] - boxes[:, 1], 0, None
+    )
+    kept: list[int] = []
+    for i in order:
+        b = boxes[i]
+        if kept:
+            k = np.asarray(kept)
+            iw = np.clip(np.minimum(b[2], boxes[k, 2]) - np.maximum(b[0], boxes[k, 0]), 0, None)
+            ih = np.clip(np.minimum(b[3], boxes[k, 3]) - np.maximum(b[1], boxes[k, 1]), 0, None)
+            smaller = np.minimum(areas[i], areas[k])
+            covered = np.divide(iw * ih, smaller, out=np.zeros_like(smaller), where=smaller > 0)
+            if np.any(covered > threshold):
+                continue
+        kept.append(int(i))
+    return candidates.select(np.asarray(kept, dtype=np.int64))
+
+
 def hard_nms(
     candidates: Candidates, threshold: float = 0.5, max_detections: int | None = None
 ) -> Candidates:

@@ -47,6 +47,11 @@ class TilingConfig(Section):
         description="Overlap of neighbouring tiles as a fraction of the tile side; "
         "faces up to this size are wholly inside some tile.",
     )
+    containment_threshold: float = Field(
+        0.6, gt=0.0, le=1.0,
+        description="After merging, drop a detection when this fraction of the smaller "
+        "of two boxes is covered by a better-scored one (one face seen at two scales).",
+    )
     edge_margin: float = Field(
         0.02, ge=0.0, le=0.2,
         description="Drop tile detections within this fraction of the side from an "

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from device.vision.boxes import Candidates, iou_matrix, iou_one_to_many
-from device.vision.nms import hard_nms, weighted_nms
+from device.vision.nms import hard_nms, suppress_contained, weighted_nms
 
 
 def _cands(boxes: list[list[float]], scores: list[float], kps: list | None = None) -> Candidates:
@@ -81,3 +81,18 @@ def test_hard_nms_keeps_the_best_and_drops_overlaps() -> None:
     out = hard_nms(cands, 0.5)
     assert out.scores.tolist() == pytest.approx([0.9, 0.7])
     np.testing.assert_allclose(out.boxes[0], [1, 1, 11, 11])
+
+
+def test_a_loose_box_around_a_better_tight_one_is_dropped_but_neighbours_stay() -> None:
+    cands = _cands(
+        [[100, 100, 130, 130],   # tight small face, best score
+         [80, 80, 170, 170],     # loose coarse box around it (IoU 0.11)
+         [170, 100, 200, 130],   # a neighbour touching the loose box
+         [125, 100, 155, 130]],  # an overlapping neighbour: 1/6 of it covered
+        [0.9, 0.6, 0.8, 0.7],
+    )
+    out = suppress_contained(cands, 0.6)
+    assert out.scores.tolist() == pytest.approx([0.9, 0.8, 0.7])
+    # The other way round too: a weaker tight box inside a better loose one goes.
+    swapped = _cands([[100, 100, 130, 130], [80, 80, 170, 170]], [0.6, 0.9])
+    assert suppress_contained(swapped).boxes.tolist() == [[80, 80, 170, 170]]
