@@ -176,6 +176,8 @@ class GraphBuilder:
     ) -> int:
         """Append an operator (run in the order added) and return its index.
 
+        An input index of -1 marks an omitted optional input.
+
         Raises:
             ModelError: ``options`` are not the kind the operator takes, or a tensor
                 index is unknown.
@@ -183,7 +185,8 @@ class GraphBuilder:
         expected = _OPTIONS_FOR.get(opcode)
         if expected is None or not isinstance(options, expected):
             raise ModelError(f"{opcode.name}: options {type(options).__name__} do not fit")
-        for index in (*inputs, *outputs):
+        optional = (-1,)  # TFLite's "input omitted" (e.g. FULLY_CONNECTED without bias)
+        for index in (*(i for i in inputs if i not in optional), *outputs):
             if not 0 <= index < len(self._tensors):
                 raise ModelError(f"{opcode.name}: tensor index {index} does not exist")
         self._operators.append(_Operator(opcode, tuple(inputs), tuple(outputs), options))
@@ -285,7 +288,7 @@ class GraphBuilder:
             builder.StartVector(1, len(data), _BUFFER_ALIGNMENT)
             builder.head = builder.head - len(data)
             builder.Bytes[builder.head : builder.head + len(data)] = data
-            vector = builder.EndVector(len(data))
+            vector = builder.EndVector()
         builder.StartObject(fb.BUFFER_SLOTS)
         if vector:
             builder.PrependUOffsetTRelativeSlot(fb.BufferField.data, vector, 0)
@@ -372,4 +375,4 @@ def _offset_vector(builder: flatbuffers.Builder, offsets: list[int]) -> int:
     builder.StartVector(4, len(offsets), 4)
     for offset in reversed(offsets):
         builder.PrependUOffsetTRelative(offset)
-    return int(builder.EndVector(len(offsets)))
+    return int(builder.EndVector())
