@@ -1,0 +1,153 @@
+"""``facegate bench embed``: the dlib encoder as TFLite vs dlib's own code, per chip."""
+
+from __future__ import annotations
+
+import importlib
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from numpy.typing import NDArray
+
+from device.cli import bench
+from device.cli.common import emit_json, handle_errors, json_option
+from device.errors import DeviceError, ModelError
+
+#: The issue's floor: TFLite must take at most this fraction of dlib's time per chip.
+FLOOR = 1 / 3
+
+
+def _chips(images: Path | None, count: int) -> list[NDArray[np.uint8]]:
+    """``count`` 150x150 RGB chips: centre crops of the folder's images, else noise."""
+    if images is None:
+        rng = np.random.default_rng(0)
+        return [rng.integers(0, 256, (150, 150, 3), dtype=np.uint8) for _ in range(count)]
+    from device.imageio import IMAGE_SUFFIXES, read_image
+
+    files = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DeviceError(f"{images}: no image files found")
+    chips = []
+    for path in files[:count]:
+        img = read_image(path)
+        side = min(img.shape[:2])
+        top, left = (img.shape[0] - side) // 2, (img.shape[1] - side) // 2
+        square = img[top : top + side, left : left + side]
+        idx = (np.arange(150) * side / 150).astype(int)  # nearest-neighbour resize
+        chips.append(np.ascontiguousarray(square[idx][:, idx]))
+    return chips
+
+
+def _time(fn: Callable[[NDArray[np.uint8]], Any], chips: list[NDArray[np.uint8]]) -> list[float]:
+    for chip in chips[:3]:
+        fn(chip)  # warm-up
+    times = []
+    for chip in chips:
+        started = time.perf_counter()
+        fn(chip)
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def _row(name: str, threads: str, times: list[float]) -> dict[str, Any]:
+    ordered = sorted(times)
+    return {
+        "embedder": name,
+        "threads": threads,
+        "median_ms": round(statistics.median(ordered), 2),
+        "p90_ms": round(ordered[int(0.9 * (len(ordered) - 1))], 2),
+        "chips_per_s": round(1000 / statistics.median(ordered), 1),
+    }
+
+
+@bench.command("embed")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Model cache holding the built dlib-resnet-v1 (see `facegate models build`).",
+)
+@click.option("--threads", default=2, show_default=True, help="TFLite interpreter threads.")
+@click.option("--chips", "count", default=30, show_default=True, help="Chips to time.")
+@click.option(
+    "--images",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of face images to centre-crop into chips (default: random chips; the "
+    "time per chip does not depend on the content).",
+)
+@json_option
+@handle_errors
+def bench_embed(
+    cache_dir: Path | None, threads: int, count: int, images: Path | None, as_json: bool
+) -> None:
+    """Time per chip of dlib's face encoder: TFLite (XNNPACK) vs dlib (needs dlib-bin)."""
+    from device.modelzoo.build import upstream_file
+    from device.modelzoo.dlib_runner import MODEL_ID, DlibResnetTFLite
+    from device.vision.models import get_spec
+
+    chips = _chips(images, max(count, 1))
+    rows = []
+    with DlibResnetTFLite.from_cache(cache_dir, num_threads=threads) as runner:
+        delegated = runner.fully_delegated()
+        rows.append(_row("tflite (XNNPACK)", str(threads), _time(runner.run, chips)))
+        ours = runner.run(chips[0]).astype(np.float64)
+    if threads != 1:
+        # dlib's CPU code runs on one thread: also time TFLite on one, like for like.
+        with DlibResnetTFLite.from_cache(cache_dir, num_threads=1) as single:
+            rows.append(_row("tflite (XNNPACK)", "1", _time(single.run, chips)))
+
+    ratio: float | None = None
+    agreement: float | None = None
+    try:
+        dlib = importlib.import_module("dlib")
+    except ImportError:
+        dlib = None
+    if dlib is not None:
+        dat, _ = upstream_file(get_spec(MODEL_ID))
+        if not dat.is_file():
+            raise ModelError(f"dlib's model {dat} is missing")
+        reference = dlib.face_recognition_model_v1(str(dat))
+        times = _time(reference.compute_face_descriptor, chips)
+        rows.append(_row("dlib compute_face_descriptor", "1", times))
+        ratio = rows[0]["median_ms"] / rows[-1]["median_ms"]
+        theirs = np.asarray(reference.compute_face_descriptor(chips[0]), dtype=np.float64)
+        agreement = float(ours @ theirs / (np.linalg.norm(ours) * np.linalg.norm(theirs)))
+
+    if as_json:
+        emit_json(
+            {
+                "chips": len(chips),
+                "rows": rows,
+                "ratio_tflite_to_dlib": None if ratio is None else round(ratio, 4),
+                "floor": round(FLOOR, 4),
+                "xnnpack_whole_graph": delegated,
+                "cosine_first_chip": agreement,
+            }
+        )
+        return
+    click.echo(f"dlib face encoder, {len(chips)} chips of 150x150 RGB, time per chip:")
+    click.echo(f"{'embedder':<30} {'threads':>7} {'median ms':>10} {'p90 ms':>8} {'chips/s':>8}")
+    for row in rows:
+        click.echo(
+            f"{row['embedder']:<30} {row['threads']:>7} {row['median_ms']:>10.2f} "
+            f"{row['p90_ms']:>8.2f} {row['chips_per_s']:>8.1f}"
+        )
+    if ratio is None:
+        click.echo("dlib is not installed (pip install dlib-bin): no comparison")
+    else:
+        verdict = "meets" if ratio <= FLOOR else "MISSES"
+        click.echo(
+            f"tflite ({threads} threads) / dlib = {ratio:.3f} ({verdict} the issue's floor of "
+            f"{FLOOR:.2f}); "
+            f"cosine on the first chip {agreement:.9f}"
+        )
+    click.echo(
+        "XNNPACK runs the whole graph in one partition"
+        if delegated
+        else "WARNING: XNNPACK did not take the whole graph; some ops run on reference kernels"
+    )
