@@ -23,6 +23,12 @@ What verification can and cannot catch:
   head seen outside, and rewrites of records newer than it. There is no secret on
   the unit that an attacker with write access could not also read, so the chain
   is tamper-evident only up to the last externally witnessed head. Publish often.
+  The same attacker can also append a forged pruning checkpoint and delete the
+  oldest records: every witnessed head still matches, so this looks like routine
+  retention. Off-unit exports (``facegate audit export``) are the defence; a
+  monitor can also flag checkpoints that prune inside the retention window.
+* Not a reason to fail: timestamps going backwards (a Pi without an RTC may boot
+  with a stale clock). Timestamps are hashed, never required to be monotonic.
 
 Submodules: :mod:`~device.audit.record` (kinds, encoding, hashing, the biometric
 guard), :mod:`~device.audit.chain` (verification over rows, JSONL exports),

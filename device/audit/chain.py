@@ -322,15 +322,19 @@ class ChainWalker:
 
     def _inserted_between(self, rec: AuditRecord) -> None:
         """If ``rec`` chains to a verified record further back, what lies between was inserted."""
-        if self.first_seq is None or rec.seq - 1 <= self.first_seq:
+        if self.first_seq is None or rec.seq - 1 < self.first_seq:
             return
-        earlier = self.find_earlier(rec.prev_hash, rec.seq - 1)
+        if rec.prev_hash == GENESIS_HASH and self.anchor is None and self.first_seq == 1:
+            earlier: int | None = 0
+        else:
+            earlier = self.find_earlier(rec.prev_hash, rec.seq - 1)
         if earlier is not None and earlier < rec.seq - 1:
             first, last = earlier + 1, rec.seq - 1
             span = f"record {first} was" if first == last else f"records {first}..{last} were"
+            target = "the genesis" if earlier == 0 else f"record {earlier}"
             raise _BrokenError(
                 first,
-                f"{span} inserted: record {rec.seq} chains to record {earlier}, "
+                f"{span} inserted: record {rec.seq} chains to {target}, "
                 f"skipping {'it' if first == last else 'them'}",
             )
 

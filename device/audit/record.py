@@ -92,14 +92,31 @@ class AuditRecord:
 
     def to_export(self, log_id: str) -> dict[str, object]:
         """The JSON-lines form used by ``facegate audit export``: every field needed to
-        verify the record offline, payload as an object for readability."""
+        verify the record offline.
+
+        The payload is a JSON object for readability when the stored text is exactly
+        its canonical form; otherwise (only after tampering) it is exported as the
+        stored string, so re-serialising cannot repair an edit and offline
+        verification reaches the same verdict as verification on the unit.
+        """
+        payload: object = self.payload
+        try:
+            obj = json.loads(self.payload)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict):
+            try:
+                if canonical_json(obj) == self.payload:
+                    payload = obj
+            except AuditError:
+                pass
         return {
             "log_id": log_id,
             "seq": self.seq,
             "ts": self.ts,
             "kind": self.kind,
             "actor": self.actor,
-            "payload": self.payload_obj(),
+            "payload": payload,
             "prev_hash": self.prev_hash,
             "hash": self.hash,
         }

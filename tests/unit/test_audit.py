@@ -351,7 +351,7 @@ def test_inserted_record_with_a_wrong_chain_is_named(
     assert not result.ok and result.first_bad_seq == at, result.reason
 
 
-@pytest.mark.parametrize("at", [2, 9, CHAIN_LEN])
+@pytest.mark.parametrize("at", [1, 2, 9, CHAIN_LEN])
 def test_inserted_record_that_chains_to_its_predecessor_is_named(
     chain: tuple[Path, list[str]], at: int
 ) -> None:
@@ -652,6 +652,15 @@ def test_tampered_export_is_caught(chain: tuple[Path, list[str]], seq: int) -> N
         want = seq if not (name == "swap" and seq == CHAIN_LEN) else CHAIN_LEN - 1
         result = verify_export_lines(variant, expect=[ExpectedHead(hashes[-1], CHAIN_LEN)])
         assert not result.ok and result.first_bad_seq == want, (name, result.reason)
+
+
+def test_export_does_not_repair_a_reformatted_payload(chain: tuple[Path, list[str]]) -> None:
+    path, _ = chain
+    with raw(path) as conn:  # same JSON value, different bytes: still an edit
+        conn.execute("UPDATE records SET payload = replace(payload, ',', ', ') WHERE seq = 8")
+    assert verify(path).first_bad_seq == 8
+    result = verify_export_lines(_export_lines(path))
+    assert not result.ok and result.first_bad_seq == 8, result.reason
 
 
 def test_export_with_lines_from_another_log_is_caught(
