@@ -17,7 +17,9 @@ TOPIC = "facegate/unit-1/front/match"
 
 
 def put_n(outbox: Outbox, n: int, start: int = 0) -> list[int]:
-    return [outbox.put(TOPIC, f'{{"n":{i}}}'.encode(), event_id=str(i)) for i in range(start, start + n)]
+    return [
+        outbox.put(TOPIC, f'{{"n":{i}}}'.encode(), event_id=str(i)) for i in range(start, start + n)
+    ]
 
 
 def test_pending_is_in_insertion_order_and_ack_deletes(tmp_path: Path) -> None:
