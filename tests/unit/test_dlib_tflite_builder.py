@@ -204,3 +204,19 @@ def test_wrong_options_and_unknown_tensors_are_refused() -> None:
         g.constant("d", np.zeros(2, dtype=np.float64))
     with pytest.raises(ModelError, match="inputs and outputs were not declared"):
         g.serialize()
+
+
+@pytest.mark.parametrize(
+    ("ours", "generated"),
+    [
+        (fb.BuiltinOperator, "BuiltinOperator"),
+        (fb.BuiltinOptions, "BuiltinOptions"),
+        (fb.TensorType, "TensorType"),
+        (fb.Padding, "Padding"),
+        (fb.Activation, "ActivationFunctionType"),
+    ],
+)
+def test_transcribed_enums_match_the_generated_schema(ours: type, generated: str) -> None:
+    theirs = getattr(schema, generated)
+    for member in ours:  # type: ignore[attr-defined]
+        assert getattr(theirs, member.name) == member.value, member
