@@ -1,0 +1,218 @@
+"""``facegate gallery``: look at, delete, export and import enrolled identities.
+
+Every command takes ``--db PATH`` (default: ``gallery.db`` in the unit's state
+directory) and ``--json``. Embeddings are never printed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from device.cli import main
+from device.cli.common import emit_json, handle_errors, json_option
+from device.errors import GalleryError
+from device.gallery.exchange import read_export
+from device.gallery.records import Identity, iso_time
+from device.gallery.store import GalleryStore, integrity_check
+from device.paths import default_state_dir
+
+GALLERY_FILE = "gallery.db"
+
+db_option = click.option(
+    "--db",
+    "db_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"Gallery database file. [default: <state dir>/{GALLERY_FILE}]",
+)
+
+
+def gallery_path(db_path: Path | None) -> Path:
+    """The ``--db`` value, or the gallery in the unit's state directory."""
+    return db_path if db_path is not None else default_state_dir() / GALLERY_FILE
+
+
+def _date(ts: float | None) -> str:
+    text = iso_time(ts)
+    return "-" if text is None else text[:19].replace("T", " ")
+
+
+@main.group("gallery")
+def gallery_group() -> None:
+    """The local gallery of enrolled identities."""
+
+
+@gallery_group.command("info")
+@db_option
+@json_option
+@handle_errors
+def info(db_path: Path | None, as_json: bool) -> None:
+    """What the gallery is: model, dimension, version and counts."""
+    path = gallery_path(db_path)
+    with GalleryStore(path) as store:
+        meta = store.metadata()
+        identities, faces = store.counts()
+    if as_json:
+        emit_json({"path": str(path), **meta.to_json(), "identities": identities,
+                   "faces": faces})
+        return
+    click.echo(f"gallery     {path}")
+    click.echo(f"id          {meta.gallery_id}")
+    click.echo(f"model       {meta.model_id} (dim {meta.dim})")
+    click.echo(f"version     {meta.version} (revision {meta.revision}, "
+               f"schema {meta.schema_version})")
+    click.echo(f"created     {_date(meta.created_at)}")
+    click.echo(f"updated     {_date(meta.updated_at)}")
+    click.echo(f"identities  {identities}")
+    click.echo(f"faces       {faces}")
+
+
+@gallery_group.command("list")
+@db_option
+@json_option
+@handle_errors
+def list_identities(db_path: Path | None, as_json: bool) -> None:
+    """Every enrolled identity, sorted by label."""
+    with GalleryStore(gallery_path(db_path)) as store:
+        identities = store.list_identities()
+    if as_json:
+        emit_json([i.to_json() for i in identities])
+        return
+    if not identities:
+        click.echo("no identities enrolled")
+        return
+    click.echo(f"{'id':<18} {'faces':>5}  {'enrolled':<19}  {'expires':<19}  label")
+    for i in identities:
+        click.echo(f"{i.id:<18} {i.face_count:>5}  {_date(i.created_at):<19}  "
+                   f"{_date(i.expires_at):<19}  {i.label}")
+
+
+def _show_text(ident: Identity) -> None:
+    for name, value in ident.to_json().items():
+        if name != "face_count":
+            click.echo(f"{name:<13} {'-' if value is None else value}")
+
+
+@gallery_group.command("show")
+@click.argument("identity_id")
+@db_option
+@json_option
+@handle_errors
+def show(identity_id: str, db_path: Path | None, as_json: bool) -> None:
+    """One identity and its faces (never the embeddings)."""
+    with GalleryStore(gallery_path(db_path)) as store:
+        ident = store.get(identity_id)
+        faces = store.faces(identity_id)
+    if as_json:
+        emit_json({**ident.to_json(), "faces": [f.to_json() for f in faces]})
+        return
+    _show_text(ident)
+    click.echo(f"faces         {len(faces)}")
+    for f in faces:
+        click.echo(f"  face {f.id:<6} quality {f.quality:.3f}  image {f.image_sha256[:16]}  "
+                   f"{_date(f.created_at)}")
+
+
+@gallery_group.command("delete")
+@click.argument("identity_id")
+@click.option("--erase", is_flag=True,
+              help="Also rebuild the database file (VACUUM) so nothing of the identity "
+                   "remains in any page.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@db_option
+@json_option
+@handle_errors
+def delete(identity_id: str, erase: bool, yes: bool, db_path: Path | None,
+           as_json: bool) -> None:
+    """Delete an identity and its faces; their embeddings leave the files on disk.
+
+    The rows are deleted with SQLite's secure_delete and the write-ahead log is
+    truncated; the command then checks that no deleted embedding's bytes remain in
+    the database, its WAL or its shared-memory file.
+    """
+    with GalleryStore(gallery_path(db_path)) as store:
+        ident = store.get(identity_id)
+        if not yes:
+            click.confirm(
+                f"Delete {ident.id} ({ident.label}) and its {ident.face_count} faces"
+                f"{' and erase them from the file' if erase else ''}?",
+                abort=True, err=True,
+            )
+        report = store.delete_identity(identity_id, erase=erase)
+    if as_json:
+        emit_json({**report.to_json(), "label": ident.label})
+        return
+    click.echo(f"deleted {ident.id} ({ident.label}): {report.faces} faces"
+               f"{', file rebuilt' if report.erased else ''}")
+
+
+@gallery_group.command("export")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              required=True, help="File to write (JSON Lines; holds biometric data).")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@db_option
+@json_option
+@handle_errors
+def export(output: Path, force: bool, db_path: Path | None, as_json: bool) -> None:
+    """Write every identity and its embeddings to a portable file (mode 0600)."""
+    with GalleryStore(gallery_path(db_path)) as store:
+        report = store.export(output, overwrite=force)
+    if as_json:
+        emit_json(report.to_json())
+        return
+    click.echo(f"exported {report.identities} identities ({report.faces} faces) to {output}")
+
+
+@gallery_group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@db_option
+@json_option
+@handle_errors
+def import_file(file: Path, db_path: Path | None, as_json: bool) -> None:
+    """Add every identity of an export file, all or nothing.
+
+    A gallery that does not exist yet is created for the export's model.
+    """
+    path = gallery_path(db_path)
+    created = not path.exists()
+    if created:
+        header = read_export(file).header  # refuse a bad file before creating anything
+        model_id, dim = header.get("model_id"), header.get("dim")
+        if not isinstance(model_id, str) or not isinstance(dim, int):
+            raise GalleryError(f"{file}: the header has no usable model_id and dim")
+        store = GalleryStore(path, model_id=model_id, dim=dim, create=True)
+    else:
+        store = GalleryStore(path)
+    try:
+        with store:
+            report = store.import_(file)
+    except GalleryError:
+        if created:
+            for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                leftover.unlink(missing_ok=True)
+        raise
+    if as_json:
+        emit_json({**report.to_json(), "gallery": str(path), "created": created})
+        return
+    click.echo(f"imported {report.identities} identities ({report.faces} faces) into {path}"
+               f"{' (new gallery)' if created else ''}")
+
+
+@gallery_group.command("check")
+@click.option("--model-id", default=None, help="Model id the gallery must hold.")
+@click.option("--dim", type=int, default=None, help="Embedding dimension it must hold.")
+@db_option
+@json_option
+@handle_errors
+def check(model_id: str | None, dim: int | None, db_path: Path | None, as_json: bool) -> None:
+    """Check a gallery file without changing it; exit status 2 if anything is wrong."""
+    report = integrity_check(gallery_path(db_path), expect_model_id=model_id, expect_dim=dim)
+    if as_json:
+        emit_json(report.to_json())
+    elif report.ok:
+        click.echo(f"ok: {report.path}: {report.identities} identities, {report.faces} faces, "
+                   f"model {report.model_id} (dim {report.dim}), version {report.version}")
+    if not report.ok:
+        report.raise_for_problems()
