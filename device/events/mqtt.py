@@ -1,0 +1,798 @@
+"""The MQTT publisher: outbox in, broker acknowledgements out.
+
+:class:`Publisher` owns a paho-mqtt v2 client (MQTT 5, QoS 1, ``connect_async`` +
+``loop_start``, reconnect backoff) and a sender thread:
+
+* :meth:`Publisher.publish_match` validates and privacy-checks a
+  :class:`~device.events.schema.MatchEvent`, commits it to the durable
+  :class:`~device.events.outbox.Outbox` and returns; it never waits for the network.
+* The sender thread hands outbox rows to paho in insertion order, at most
+  ``max_inflight`` at a time, and deletes a row only when the broker's PUBACK for it
+  arrives with a success reason code. Rows sent when the connection drops stay in
+  paho's session and are resent (with DUP) after reconnecting; rows of a previous
+  process are resent from the outbox on start. Delivery is at least once: a
+  subscriber de-duplicates on ``event_id``.
+* Retained state (``status``, ``health``, ``gallery/state``, ``audit/head``, Home
+  Assistant discovery) goes straight to the broker when connected; the latest value
+  of each is remembered and republished on every (re)connect.
+
+A CONNACK with a failure reason code means *not connected*: the state becomes
+``refused``, the reason is logged (``broker refused credentials (Bad user name or
+password); retrying in 4 s``) and paho retries with backoff.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from device.errors import ConfigError, PublishError
+from device.events.config import MqttConfig, read_secret, resolve_credential
+from device.events.homeassistant import Discovery, parse_birth
+from device.events.outbox import Outbox, OutboxStats
+from device.events.schema import (
+    HEALTH_SCHEMA,
+    MatchEvent,
+    encode,
+    format_timestamp,
+    is_valid_id,
+    prepare,
+)
+from device.events.topics import OFFLINE, ONLINE, STATE_TOPICS, Topics
+
+logger = logging.getLogger(__name__)
+
+#: CONNACK reason codes that mean "your credentials are not accepted".
+CREDENTIAL_REASONS: Final = frozenset({0x86, 0x87, 0x8C})
+
+#: How long a row whose PUBACK carried a failure reason waits before it is resent.
+REJECT_HOLDOFF_S: Final = 5.0
+
+#: Extra room in paho's own in-flight window for retained state messages.
+_STATE_HEADROOM: Final = 32
+
+
+class ConnectionState(enum.StrEnum):
+    """Where the publisher's broker connection stands."""
+
+    STOPPED = "stopped"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    REFUSED = "refused"
+    UNREACHABLE = "unreachable"
+    DISCONNECTED = "disconnected"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherStatus:
+    """A snapshot for health and logs.
+
+    Attributes:
+        state: Connection state.
+        last_error: The most recent connection or delivery problem, for a person.
+        connected_since: Epoch seconds of the current connection; None when down.
+        connects: Successful connections since start.
+        failures: Consecutive failed attempts since the last success.
+        retry_in_s: Delay before the next attempt, when one is pending.
+        inflight: Events sent and awaiting the broker's acknowledgement.
+        acked: Events acknowledged since start.
+        outbox: Outbox counters.
+    """
+
+    state: ConnectionState
+    last_error: str | None
+    connected_since: float | None
+    connects: int
+    failures: int
+    retry_in_s: int | None
+    inflight: int
+    acked: int
+    outbox: OutboxStats
+
+    def mqtt_health(self) -> dict[str, Any]:
+        """The ``mqtt`` section of the health payload."""
+        return {
+            "state": str(self.state),
+            "last_error": None if self.last_error is None else self.last_error[:500],
+            "connected_since": (
+                None if self.connected_since is None else format_timestamp(self.connected_since)
+            ),
+            "connects": self.connects,
+            "failures": self.failures,
+        }
+
+    def outbox_health(self, now: float) -> dict[str, Any]:
+        """The ``outbox`` section of the health payload."""
+        oldest = self.outbox.oldest_created_at
+        return {
+            "depth": self.outbox.depth,
+            "dropped": self.outbox.dropped,
+            "expired": self.outbox.expired,
+            "purged": self.outbox.purged,
+            "oldest_age_s": None if oldest is None else round(max(now - oldest, 0.0), 1),
+            "inflight": self.inflight,
+            "acked": self.acked,
+        }
+
+
+class _Client(mqtt.Client):
+    """paho's client, also reporting *why* a connection attempt failed.
+
+    paho's loop catches the OSError of a failed attempt (refused, unreachable, TLS
+    verification) and only calls ``on_connect_fail`` without it; the override keeps
+    the exception so the log and health can say what went wrong.
+    """
+
+    def __init__(self, client_id: str, on_attempt_error: Callable[[OSError], None]) -> None:
+        super().__init__(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self._facegate_attempt_error = on_attempt_error
+
+    def reconnect(self) -> MQTTErrorCode:
+        try:
+            return super().reconnect()
+        except OSError as exc:
+            self._facegate_attempt_error(exc)
+            raise
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message or exc}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the broker running?)"
+    if isinstance(exc, TimeoutError):
+        return "connection timed out"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Publisher:
+    """Publishes a unit's events and state to an MQTT broker; see the module doc.
+
+    Use as a context manager, or call :meth:`start` and :meth:`close`.
+
+    Args:
+        config: The ``[mqtt]`` configuration section.
+        cameras: Camera ids (for Home Assistant discovery).
+        health_provider: Called every ``health_interval_s`` for the pipeline's part of
+            the health payload (``status``, ``uptime_s``, ``cameras``, ...); the
+            publisher adds ``mqtt`` and ``outbox``.
+        outbox: An open outbox to use instead of opening ``config.outbox_path``; the
+            caller keeps ownership.
+        env: Environment for ``$CREDENTIALS_DIRECTORY`` lookups (default os.environ).
+        sw_version: Software version reported to Home Assistant.
+
+    Raises:
+        PublishError: A camera id is not a valid topic level or the outbox cannot be
+            opened.
+    """
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        *,
+        cameras: Sequence[str] = (),
+        health_provider: Callable[[], Mapping[str, Any]] | None = None,
+        outbox: Outbox | None = None,
+        env: Mapping[str, str] | None = None,
+        sw_version: str = "",
+    ) -> None:
+        bad = [c for c in cameras if not is_valid_id(c)]
+        if bad:
+            raise PublishError(f"camera ids {bad} are not valid topic levels")
+        self.config = config
+        self.topics = Topics(config.unit_id)
+        self._address = config.address
+        self._env = env
+        self._health_provider = health_provider
+        self._owns_outbox = outbox is None
+        self._outbox = outbox or Outbox(config.outbox_path, config.outbox_max_rows)
+        self._discovery = (
+            Discovery(config.home_assistant.prefix, self.topics, tuple(cameras), sw_version)
+            if config.home_assistant.enabled
+            else None
+        )
+        self._client: _Client | None = None
+        self._sender: threading.Thread | None = None
+        self._cond = threading.Condition()
+        # Everything below is guarded by self._cond.
+        self._state = ConnectionState.STOPPED
+        self._last_error: str | None = None
+        self._attempt_error: OSError | None = None
+        self._connected_since: float | None = None
+        self._connects = 0
+        self._failures = 0
+        self._retry_delay: int | None = None  # mirrors paho's backoff
+        self._inflight: dict[int, int] = {}  # outbox row id -> mid
+        self._mid_rows: dict[int, int | None] = {}  # mid -> row id (None: state message)
+        self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat publish() returning
+        self._acked_rows: list[int] = []
+        self._rejected_rows: list[int] = []
+        self._retained: dict[str, bytes] = {}
+        self._cursor = 0
+        self._hold_until = 0.0
+        self._health_due = 0.0
+        self._wake = True
+        self._stopping = False
+        self._closed = False
+        self._acked_total = 0
+        self._stats = OutboxStats(0, 0, 0, 0, None)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start connecting (in the background) and sending; returns at once.
+
+        Raises:
+            ConfigError: A secret or TLS file is missing or unusable.
+            PublishError: The publisher was closed.
+        """
+        with self._cond:
+            if self._closed:
+                raise PublishError("publisher is closed")
+            if self._client is not None:
+                return
+        client = self._make_client()
+        with self._cond:
+            self._client = client
+            self._state = ConnectionState.CONNECTING
+        client.connect_async(self._address.host, self._address.port, self.config.keepalive)
+        client.loop_start()
+        self._sender = threading.Thread(target=self._run_sender, name="mqtt-sender", daemon=True)
+        self._sender.start()
+        logger.info(
+            "publishing as %s to %s://%s:%d (outbox %s)",
+            self.config.effective_client_id,
+            "mqtts" if self._address.tls else "mqtt",
+            self._address.host,
+            self._address.port,
+            self._outbox.path,
+        )
+
+    def _make_client(self) -> _Client:
+        cfg = self.config
+        client = _Client(cfg.effective_client_id, self._on_attempt_error)
+        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        if cfg.username:
+            password = (
+                read_secret(cfg.password_file, "MQTT password", self._env)
+                if cfg.password_file
+                else None
+            )
+            if (
+                password
+                and not self._address.tls
+                and self._address.host
+                not in (
+                    "127.0.0.1",
+                    "localhost",
+                    "::1",
+                )
+            ):
+                logger.warning("the MQTT password is sent unencrypted; use an mqtts:// url")
+            client.username_pw_set(cfg.username, password)
+        if self._address.tls:
+            keyfile = resolve_credential(cfg.key_file, self._env) if cfg.key_file else None
+            try:
+                client.tls_set(
+                    ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                    certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                    keyfile=str(keyfile) if keyfile else None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
+            except (OSError, ValueError) as exc:
+                raise ConfigError(
+                    f"cannot load TLS files (ca_file={cfg.ca_file}, cert_file={cfg.cert_file}, "
+                    f"key_file={keyfile}): {exc}"
+                ) from exc
+        client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
+        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        client.max_inflight_messages_set(cfg.max_inflight + _STATE_HEADROOM)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        if self._discovery is not None:
+            client.message_callback_add(self._discovery.birth_topic, self._on_birth)
+        return client
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush what can be flushed within ``timeout``, say ``offline``, disconnect.
+
+        Unacknowledged events stay in the outbox for the next start. Idempotent.
+        """
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            client = self._client
+            connected = self._state is ConnectionState.CONNECTED
+        if client is not None:
+            if connected:
+                self.flush(timeout)
+            with self._cond:
+                self._stopping = True
+                self._cond.notify_all()
+            if self._sender is not None:
+                self._sender.join(timeout)
+            with self._cond:
+                connected = self._state is ConnectionState.CONNECTED
+            if connected:
+                info = client.publish(self.topics.status, OFFLINE, qos=1, retain=True)
+                info.wait_for_publish(timeout)
+            client.disconnect()
+            client.loop_stop()
+            self._apply_acks()
+        with self._cond:
+            self._state = ConnectionState.CLOSED
+            self._connected_since = None
+        if self._owns_outbox:
+            self._outbox.close()
+        logger.info("publisher closed")
+
+    def __enter__(self) -> Publisher:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def outbox(self) -> Outbox:
+        return self._outbox
+
+    def publish_match(self, event: MatchEvent) -> int:
+        """Validate, privacy-check and durably queue a match event; returns its row id.
+
+        Returns once the event is committed to the outbox; delivery happens in the
+        background, at least once.
+
+        Raises:
+            PublishError: The event is for another unit, fails the schema or the
+                privacy guard, or the outbox cannot be written.
+        """
+        if event.unit != self.config.unit_id:
+            raise PublishError(
+                f"event of unit {event.unit!r} given to the publisher of {self.config.unit_id!r}"
+            )
+        row_id = self._outbox.put(
+            self.topics.match(event.camera),
+            event.encode(),
+            qos=self.config.qos,
+            expiry_s=self.config.match_expiry_s,
+            identity_id=event.identity_id,
+            event_id=event.event_id,
+        )
+        with self._cond:
+            self._wake = True
+            self._cond.notify_all()
+        return row_id
+
+    def publish_state(self, suffix: str, payload: Mapping[str, Any]) -> None:
+        """Publish a retained state message (``health``, ``gallery/state``, ``audit/head``).
+
+        Sent now when connected; in any case remembered and republished on every
+        reconnect (the latest value only).
+
+        Raises:
+            PublishError: Unknown suffix, or the payload fails its schema or the
+                privacy guard.
+        """
+        topic = self.topics.state(suffix)
+        schema_id = STATE_TOPICS[suffix]
+        data = prepare(schema_id, payload) if schema_id else encode(dict(payload))
+        with self._cond:
+            self._retained[topic] = data
+            connected = self._state is ConnectionState.CONNECTED
+        if connected:
+            self._publish_raw(topic, data, retain=True)
+
+    def publish_health(self) -> None:
+        """Publish the health payload now (it is also published every interval).
+
+        Raises:
+            PublishError: The provider's part fails the health schema.
+        """
+        now = time.time()
+        extra: dict[str, Any] = {}
+        if self._health_provider is not None:
+            try:
+                extra = dict(self._health_provider())
+            except Exception:
+                logger.exception("health provider failed; publishing the event layer's part only")
+        status = self.status()
+        payload = {
+            "schema": HEALTH_SCHEMA,
+            "unit": self.config.unit_id,
+            "at": format_timestamp(now),
+            **extra,
+            "mqtt": status.mqtt_health(),
+            "outbox": status.outbox_health(now),
+        }
+        self.publish_state("health", payload)
+
+    def delete_for_identity(self, identity_id: str) -> int:
+        """Erase an identity's pending events from the outbox (file and WAL).
+
+        Events already handed to the network cannot be recalled.
+
+        Raises:
+            PublishError: The erasure failed or is incomplete.
+        """
+        return self._outbox.delete_for_identity(identity_id)
+
+    def status(self) -> PublisherStatus:
+        """A snapshot of the connection and outbox state."""
+        try:
+            stats = self._outbox.stats()
+        except PublishError:
+            stats = self._stats  # closed: the last known numbers
+        with self._cond:
+            self._stats = stats
+            waiting = self._state in (
+                ConnectionState.REFUSED,
+                ConnectionState.UNREACHABLE,
+                ConnectionState.DISCONNECTED,
+            )
+            return PublisherStatus(
+                state=self._state,
+                last_error=self._last_error,
+                connected_since=self._connected_since,
+                connects=self._connects,
+                failures=self._failures,
+                retry_in_s=self._retry_delay if waiting else None,
+                inflight=len(self._inflight),
+                acked=self._acked_total,
+                outbox=stats,
+            )
+
+    def wait_for_state(self, *states: ConnectionState, timeout: float) -> bool:
+        """Block until the connection is in one of ``states``; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._state in states, timeout)
+
+    def wait_for(self, predicate: Callable[[PublisherStatus], bool], timeout: float) -> bool:
+        """Block until ``predicate(self.status())`` holds; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self.status()), timeout)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every outbox row is acknowledged; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._wake = True
+            self._cond.notify_all()
+            while True:
+                if not self._inflight and not self._acked_rows and self._outbox.depth() == 0:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.5))
+
+    # ------------------------------------------------------------------ paho callbacks
+
+    def _advance_delay(self) -> int:
+        """Mirror paho's backoff: min, then doubling up to max (cond held)."""
+        cfg = self.config
+        if self._retry_delay is None:
+            self._retry_delay = cfg.reconnect_min_s
+        else:
+            self._retry_delay = min(self._retry_delay * 2, cfg.reconnect_max_s)
+        return self._retry_delay
+
+    def _on_attempt_error(self, exc: OSError) -> None:
+        with self._cond:
+            self._attempt_error = exc
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            exc, self._attempt_error = self._attempt_error, None
+            reason = _describe(exc) if exc is not None else "unknown error"
+            self._failures += 1
+            self._state = ConnectionState.UNREACHABLE
+            self._last_error = f"cannot reach broker: {reason}"
+            delay = self._advance_delay()
+            failures = self._failures
+            self._cond.notify_all()
+        log = logger.warning if failures <= 3 or failures % 10 == 0 else logger.debug
+        log(
+            "cannot reach broker %s:%d (%s); retrying in %d s (attempt %d)",
+            self._address.host,
+            self._address.port,
+            reason,
+            delay,
+            failures,
+        )
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            with self._cond:
+                self._failures += 1
+                self._state = ConnectionState.REFUSED
+                delay = self._advance_delay()
+                if reason_code.value in CREDENTIAL_REASONS:
+                    self._last_error = f"broker refused credentials ({reason_code.getName()})"
+                else:
+                    self._last_error = f"broker refused the connection ({reason_code.getName()})"
+                message = self._last_error
+                self._cond.notify_all()
+            logger.error(
+                "%s for client %s user %r; retrying in %d s",
+                message,
+                self.config.effective_client_id,
+                self.config.username,
+                delay,
+            )
+            return
+        with self._cond:
+            self._state = ConnectionState.CONNECTED
+            self._connected_since = time.time()
+            self._connects += 1
+            self._failures = 0
+            self._retry_delay = None
+            self._wake = True
+            self._health_due = 0.0
+            retained = list(self._retained.items())
+            self._cond.notify_all()
+        logger.info(
+            "connected to broker %s:%d (session present: %s)",
+            self._address.host,
+            self._address.port,
+            flags.session_present,
+        )
+        self._publish_raw(self.topics.status, ONLINE.encode(), retain=True)
+        for topic, data in retained:
+            self._publish_raw(topic, data, retain=True)
+        if self._discovery is not None:
+            client.subscribe(self._discovery.birth_topic, qos=1)
+            self._publish_discovery()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._cond:
+            was = self._state
+            self._connected_since = None
+            self._cond.notify_all()
+            if self._closed or self._stopping:
+                self._state = ConnectionState.CLOSED
+                return
+            if was is not ConnectionState.CONNECTED:
+                return  # a refused attempt: on_connect already said why
+            self._state = ConnectionState.DISCONNECTED
+            self._last_error = f"connection lost ({reason_code.getName()})"
+            delay = self._advance_delay()
+            inflight = len(self._inflight)
+        logger.warning(
+            "lost connection to broker %s:%d (%s); %d event(s) in flight will be resent; "
+            "reconnecting in %d s",
+            self._address.host,
+            self._address.port,
+            reason_code.getName(),
+            inflight,
+            delay,
+        )
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._cond:
+            if mid in self._mid_rows:
+                self._settle(mid, self._mid_rows.pop(mid), reason_code)
+            else:
+                self._early[mid] = reason_code
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        logger.warning(
+            "ignored a %d-byte message on unexpected topic %r",
+            len(message.payload),
+            message.topic[:200] if isinstance(message.topic, str) else "?",
+        )
+
+    def _on_birth(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        # Runs on paho's network thread: nothing a remote sender puts in the message
+        # may raise out of here (it would stop the network loop).
+        try:
+            if parse_birth(message.payload) == ONLINE:
+                logger.info("Home Assistant is online: republishing discovery")
+                self._publish_discovery()
+        except Exception:
+            logger.exception("error handling a Home Assistant status message; ignored")
+
+    # ------------------------------------------------------------------ sending
+
+    def _publish_discovery(self) -> None:
+        assert self._discovery is not None
+        for topic, payload in self._discovery.messages():
+            self._publish_raw(topic, encode(payload), retain=True)
+
+    def _publish_raw(
+        self,
+        topic: str,
+        data: bytes,
+        *,
+        retain: bool,
+        row_id: int | None = None,
+        properties: Properties | None = None,
+    ) -> None:
+        """Hand one QoS 1 message to paho and track its PUBACK."""
+        client = self._client
+        if client is None:
+            raise PublishError("publisher not started")
+        info = client.publish(topic, data, qos=1, retain=retain, properties=properties)
+        with self._cond:
+            if row_id is not None:
+                self._inflight[row_id] = info.mid
+            early = self._early.pop(info.mid, None)
+            if early is not None:
+                self._settle(info.mid, row_id, early)
+            else:
+                self._mid_rows[info.mid] = row_id
+
+    def _settle(self, mid: int, row_id: int | None, reason: ReasonCode) -> None:
+        """Record a PUBACK (cond held)."""
+        if row_id is None:
+            if reason.is_failure:
+                logger.warning("broker rejected a state message (%s)", reason.getName())
+            return
+        self._inflight.pop(row_id, None)
+        if reason.is_failure:
+            self._rejected_rows.append(row_id)
+            self._last_error = f"broker rejected an event ({reason.getName()})"
+        else:
+            self._acked_rows.append(row_id)
+        self._cond.notify_all()
+
+    def _apply_acks(self) -> None:
+        with self._cond:
+            acked, self._acked_rows = self._acked_rows, []
+            rejected, self._rejected_rows = self._rejected_rows, []
+            if rejected:
+                self._cursor = min(self._cursor, min(rejected) - 1)
+                self._hold_until = time.monotonic() + REJECT_HOLDOFF_S
+        if acked:
+            self._outbox.ack(*acked)
+            with self._cond:
+                self._acked_total += len(acked)
+                self._cond.notify_all()
+        if rejected:
+            logger.warning(
+                "broker rejected %d event(s); resending in %g s", len(rejected), REJECT_HOLDOFF_S
+            )
+
+    def _ready(self, now: float) -> bool:
+        """Whether the sender has something to do (cond held)."""
+        if self._stopping or self._acked_rows or self._rejected_rows:
+            return True
+        if self._state is not ConnectionState.CONNECTED:
+            return False
+        if now >= self._health_due:
+            return True
+        return (
+            self._wake
+            and now >= self._hold_until
+            and len(self._inflight) < self.config.max_inflight
+        )
+
+    def _run_sender(self) -> None:
+        while True:
+            with self._cond:
+                while not self._ready(time.monotonic()):
+                    now = time.monotonic()
+                    wait = 5.0
+                    if self._state is ConnectionState.CONNECTED:
+                        wait = min(wait, self._health_due - now + 0.01)
+                    if self._hold_until > now:
+                        wait = min(wait, self._hold_until - now + 0.01)
+                    self._cond.wait(max(wait, 0.01))
+                stopping = self._stopping
+            try:
+                self._apply_acks()
+                if stopping:
+                    return
+                self._send_step()
+            except PublishError as exc:
+                logger.error("event sender: %s", exc)
+                with self._cond:
+                    self._last_error = str(exc)
+                    self._cond.wait(1.0)
+
+    def _send_step(self) -> None:
+        now = time.monotonic()
+        with self._cond:
+            connected = self._state is ConnectionState.CONNECTED
+            health_due = connected and now >= self._health_due
+            if health_due:
+                self._health_due = now + self.config.health_interval_s
+            can_send = connected and self._wake and now >= self._hold_until
+            inflight = set(self._inflight)
+            window = self.config.max_inflight - len(inflight)
+            cursor = self._cursor
+            if can_send and window > 0:
+                self._wake = False
+        if health_due:
+            try:
+                self.publish_health()
+            except PublishError as exc:
+                logger.error("health not published: %s", exc)
+        if not can_send or window <= 0:
+            return
+        rows = [
+            r
+            for r in self._outbox.pending(limit=window + len(inflight), after_id=cursor)
+            if r.id not in inflight
+        ][:window]
+        expired: list[int] = []
+        invalid: list[int] = []
+        wall = time.time()
+        for row in rows:
+            remaining = row.remaining_expiry(wall)
+            properties = None
+            if remaining is not None:
+                if remaining <= 0:
+                    expired.append(row.id)
+                    continue
+                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                properties.MessageExpiryInterval = max(1, math.ceil(remaining))
+            try:
+                self._publish_raw(
+                    row.topic, row.payload, retain=False, row_id=row.id, properties=properties
+                )
+            except ValueError as exc:
+                logger.error("outbox row %d cannot be sent and is dropped: %s", row.id, exc)
+                invalid.append(row.id)
+        if rows:
+            with self._cond:
+                self._cursor = max(self._cursor, rows[-1].id)
+                if len(rows) == window:
+                    self._wake = True  # maybe more behind; acks will free the window
+        if expired:
+            self._outbox.expire(*expired)
+            logger.info("%d event(s) expired before they could be sent", len(expired))
+        if invalid:
+            self._outbox.discard(*invalid)
