@@ -114,6 +114,12 @@ def integrity_check(
     ``dim * 4`` bytes of finite, unit-length float32 from the gallery's model; every
     face belongs to an existing identity.
 
+    The file is opened read-only, so SQLite may leave empty ``-wal``/``-shm`` files
+    beside it. The check reads committed data in the file *and its WAL*: a sync
+    builder must close its :class:`~device.gallery.store.GalleryStore` (which
+    checkpoints the WAL into the file) before checking and moving the file, or the
+    moved file would lack whatever was still in the WAL.
+
     Args:
         path: The gallery file.
         expect_model_id: The model the unit runs, if it should be checked.
