@@ -34,6 +34,23 @@ def free_port() -> int:
 
 
 @dataclass(frozen=True)
+class BrokerTLS:
+    """A TLS listener: the broker's certificate and key, and optionally mutual TLS.
+
+    Attributes:
+        certfile: Server certificate (PEM); must name 127.0.0.1 (IP SAN).
+        keyfile: Its private key (PEM).
+        cafile: CA that signed client certificates (and usually the server's).
+        require_certificate: Refuse clients without a certificate signed by ``cafile``.
+    """
+
+    certfile: Path
+    keyfile: Path
+    cafile: Path | None = None
+    require_certificate: bool = False
+
+
+@dataclass(frozen=True)
 class BrokerUser:
     """A username/password the broker accepts (``allow_anonymous false``)."""
 
@@ -53,6 +70,8 @@ class LocalBroker:
         port: Port to listen on; a free one if None.
         users: If given, anonymous clients are refused and only these may connect.
         persistence: Keep retained/queued messages across restarts.
+        tls: If given, the listener speaks TLS only (``mqtts://``), with mutual TLS
+            when ``tls.require_certificate``.
     """
 
     def __init__(
@@ -61,6 +80,7 @@ class LocalBroker:
         port: int | None = None,
         users: tuple[BrokerUser, ...] = (),
         persistence: bool = True,
+        tls: BrokerTLS | None = None,
     ) -> None:
         exe = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
@@ -81,12 +101,15 @@ class LocalBroker:
         self.port = port or free_port()
         self.users = users
         self._persistence = persistence
+        self.tls = tls
+        if tls is not None and tls.require_certificate and tls.cafile is None:
+            raise PublishError("a TLS broker that requires client certificates needs a cafile")
         self._proc: subprocess.Popen[bytes] | None = None
         self._write_config()
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -107,6 +130,12 @@ class LocalBroker:
             "log_type information",
             "connection_messages true",
         ]
+        if self.tls is not None:
+            lines += [f"certfile {self.tls.certfile}", f"keyfile {self.tls.keyfile}"]
+            if self.tls.cafile is not None:
+                lines.append(f"cafile {self.tls.cafile}")
+            if self.tls.require_certificate:
+                lines.append("require_certificate true")
         if self.users:
             pwfile = self.workdir / "passwd"
             pwfile.write_text("")

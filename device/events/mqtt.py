@@ -215,6 +215,7 @@ class Publisher:
         self._state = ConnectionState.STOPPED
         self._last_error: str | None = None
         self._attempt_error: OSError | None = None
+        self._paho_error: str | None = None  # paho's last error log line
         self._connected_since: float | None = None
         self._connects = 0
         self._failures = 0
@@ -310,6 +311,7 @@ class Publisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_log = self._on_log
         if self._discovery is not None:
             client.message_callback_add(self._discovery.birth_topic, self._on_birth)
         return client
@@ -510,6 +512,12 @@ class Publisher:
         with self._cond:
             self._attempt_error = exc
 
+    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
+        # paho also logs through enable_logger(); this keeps the text for health.
+        if level == mqtt.MQTT_LOG_ERR:
+            with self._cond:
+                self._paho_error = text[:300]
+
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         with self._cond:
             if self._closed:
@@ -565,6 +573,7 @@ class Publisher:
             self._connects += 1
             self._failures = 0
             self._retry_delay = None
+            self._paho_error = None
             self._wake = True
             self._health_due = 0.0
             retained = list(self._retained.items())
@@ -597,19 +606,31 @@ class Publisher:
             if self._closed or self._stopping:
                 self._state = ConnectionState.CLOSED
                 return
-            if was is not ConnectionState.CONNECTED:
-                return  # a refused attempt: on_connect already said why
-            self._state = ConnectionState.DISCONNECTED
-            self._last_error = f"connection lost ({reason_code.getName()})"
+            if was is ConnectionState.REFUSED:
+                return  # a refused CONNACK: on_connect already said why
+            if was is ConnectionState.CONNECTED:
+                self._state = ConnectionState.DISCONNECTED
+                self._last_error = f"connection lost ({reason_code.getName()})"
+                message = (
+                    f"lost connection to broker ({reason_code.getName()}); "
+                    f"{len(self._inflight)} event(s) in flight will be resent"
+                )
+            else:
+                # Closed before CONNACK: TLS 1.3, for one, reports a missing or rejected
+                # client certificate only after the handshake, on the first read.
+                self._failures += 1
+                self._state = ConnectionState.UNREACHABLE
+                detail = self._paho_error or reason_code.getName()
+                self._last_error = f"connection closed before the broker accepted it ({detail})"
+                message = self._last_error
             delay = self._advance_delay()
-            inflight = len(self._inflight)
-        logger.warning(
-            "lost connection to broker %s:%d (%s); %d event(s) in flight will be resent; "
-            "reconnecting in %d s",
+            failures = self._failures
+        log = logger.warning if failures <= 3 or failures % 10 == 0 else logger.debug
+        log(
+            "%s: broker %s:%d; retrying in %d s",
+            message,
             self._address.host,
             self._address.port,
-            reason_code.getName(),
-            inflight,
             delay,
         )
 
