@@ -1,0 +1,841 @@
+"""In-memory search index over a gallery's L2-normalised face embeddings.
+
+The gallery is one ``(rows, dim)`` matrix — float32, or int8 with one scale per row
+(:mod:`device.gallery.int8`) — searched by inner product, which for unit vectors is
+cosine similarity. One query costs one streaming pass over the matrix (BLAS ``sgemv``
+for float32, a compiled int8 kernel split across cores for int8) plus an ``argmax``
+or ``argpartition`` over the scores.
+
+Concurrency: one writer, many readers, no reader locks. Readers search an immutable
+:class:`IndexSnapshot`, taken with a single attribute read; a write builds the next
+snapshot and publishes it with a single attribute write, so a reader sees every row
+of an :meth:`GalleryIndex.add` or :meth:`GalleryIndex.remove` call or none of them.
+Rows are appended into spare capacity past the rows any published snapshot can see,
+and a removal only marks its rows dead in the next snapshot, so published rows are
+never written again; compaction and growth copy into fresh buffers (old snapshots keep
+the old ones alive until their readers finish — budget for two copies during a
+rebuild).
+
+Float32 results are exact: candidates within the float32 rounding bound of the k-th
+score are re-scored in float64, so the top-k equals that of a float64 search over the
+stored rows. Int8 results are the int8 index's own scores (no float rows are kept).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Literal, Self
+
+import numpy as np
+import numpy.typing as npt
+
+from device.errors import GalleryError
+from device.gallery import int8 as q8
+from device.types import FloatArray
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["float32", "int8"]
+PRECISIONS: tuple[Precision, ...] = ("float32", "int8")
+
+Int64Array = npt.NDArray[np.int64]
+Int32Array = npt.NDArray[np.int32]
+Float64Array = npt.NDArray[np.float64]
+
+#: Rows normalised/quantised per step of an add, to bound float64 temporaries.
+ADD_CHUNK_ROWS = 65_536
+#: Upper bound on the score matrix of one step of a batch search.
+BATCH_SCORE_BYTES = 64 * 2**20
+#: Compact when at least this share of rows is dead (and at least MIN_DEAD_TO_COMPACT).
+COMPACT_DEAD_FRACTION = 0.125
+MIN_DEAD_TO_COMPACT = 1024
+#: A stored vector whose norm is within this of 1 is kept bit-for-bit.
+UNIT_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One search result.
+
+    Attributes:
+        face_id: The face (gallery row id).
+        identity_id: The identity the face belongs to.
+        similarity: Cosine similarity to the query, in ``[-1, 1]``.
+    """
+
+    face_id: int
+    identity_id: str
+    similarity: float
+
+    def to_json(self) -> dict[str, object]:
+        return {"face_id": self.face_id, "identity_id": self.identity_id,
+                "similarity": round(self.similarity, 6)}
+
+
+def default_threads() -> int:
+    """Cores this process may run on, capped at 4 (the Pi's count)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
+
+
+class _Engine:
+    """What the snapshots of one index share: threads, the int8 kernel, scratch buffers."""
+
+    def __init__(self, threads: int, precision: Precision) -> None:
+        self.threads = threads
+        self.kernel: q8.ScoreKernel | None = None
+        if precision == "int8":
+            self.kernel = q8.load_kernel()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    def executor(self) -> ThreadPoolExecutor | None:
+        if self.threads <= 1 or self.kernel is None:
+            return None
+        with self._lock:
+            if self._executor is None and not self._closed:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self.threads - 1, thread_name_prefix="gallery-index")
+            return self._executor
+
+    def scratch(self, n: int) -> FloatArray:
+        """A per-thread ``(1, n)`` float32 buffer, reused across this thread's searches."""
+        buf: FloatArray | None = getattr(self._local, "buf", None)
+        if buf is None or buf.shape[0] < n:
+            buf = np.empty(max(n, 1024), dtype=np.float32)
+            self._local.buf = buf
+        return buf[:n].reshape(1, n)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class IndexSnapshot:
+    """An immutable view of the index at one version; safe to search from any thread.
+
+    The arrays are read-only views of rows that are never written again. Identity
+    names are kept in a list shared with later snapshots, which only ever appends;
+    this snapshot reads only the names its rows refer to.
+
+    Attributes:
+        dim: Embedding dimension.
+        precision: ``"float32"`` or ``"int8"``.
+        version: Increases by one with every published change.
+        rows: Rows in the matrix, dead ones included.
+        live: Rows that are searchable (``rows - len(dead)``).
+        face_ids: ``(rows,)`` face id of each row.
+        identity_codes: ``(rows,)`` index into ``identity_names`` of each row.
+        identity_names: Identity id for each code.
+        dead: Sorted rows removed since the last compaction.
+        vectors: ``(rows, dim)`` float32 unit vectors (float32 precision only).
+        codes: ``(rows, dim)`` int8 codes (int8 precision only).
+        scale: ``(rows,)`` float32 per-row scale (int8 only).
+        inv_norm: ``(rows,)`` float32 inverse norm of each decoded row (int8 only).
+        center: ``(dim,)`` vector subtracted before quantising (int8 only).
+    """
+
+    dim: int
+    precision: Precision
+    version: int
+    rows: int
+    live: int
+    face_ids: Int64Array = field(repr=False)
+    identity_codes: Int32Array = field(repr=False)
+    identity_names: Sequence[str] = field(repr=False)
+    dead: Int64Array = field(repr=False)
+    vectors: FloatArray | None = field(repr=False)
+    codes: q8.Int8Array | None = field(repr=False)
+    scale: FloatArray | None = field(repr=False)
+    inv_norm: FloatArray | None = field(repr=False)
+    center: Float64Array | None = field(repr=False)
+    _engine: _Engine = field(repr=False)
+
+    def __len__(self) -> int:
+        return self.live
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the matrix and per-row arrays this snapshot searches."""
+        parts = (self.vectors, self.codes, self.scale, self.inv_norm,
+                 self.face_ids, self.identity_codes)
+        return sum(int(a.nbytes) for a in parts if a is not None)
+
+    def live_face_ids(self) -> Int64Array:
+        """Face ids of the searchable rows, in row order."""
+        if self.dead.size == 0:
+            return self.face_ids.copy()
+        keep = np.ones(self.rows, dtype=bool)
+        keep[self.dead] = False
+        out: Int64Array = self.face_ids[keep]
+        return out
+
+    # ---- search -------------------------------------------------------------------
+
+    def search(self, query: npt.ArrayLike, k: int = 1) -> tuple[Hit, ...]:
+        """The ``k`` faces most similar to ``query``, best first.
+
+        Args:
+            query: ``(dim,)`` embedding; normalised here.
+            k: How many faces; fewer come back when the index holds fewer.
+
+        Returns:
+            Up to ``k`` hits, highest similarity first (ties: lower row first).
+
+        Raises:
+            GalleryError: ``query`` has the wrong shape, is not finite or is zero,
+                or ``k < 1``.
+        """
+        q32, q64 = self._queries(query, batch=False)
+        _check_k(k)
+        if self.live == 0:
+            return ()
+        scores = self._engine.scratch(self.rows)
+        self._score(q32, scores)
+        rows, sims = self._top_rows(scores[0], q64[0], min(k, self.live))
+        return self._hits(rows, sims)
+
+    def search_identities(self, query: npt.ArrayLike, k: int = 1) -> tuple[Hit, ...]:
+        """The ``k`` identities most similar to ``query``, each by its best face.
+
+        Args:
+            query: ``(dim,)`` embedding; normalised here.
+            k: How many identities.
+
+        Returns:
+            One hit per identity (its best face), highest similarity first.
+
+        Raises:
+            GalleryError: As :meth:`search`.
+        """
+        q32, q64 = self._queries(query, batch=False)
+        _check_k(k)
+        if self.live == 0:
+            return ()
+        scores = self._engine.scratch(self.rows)
+        self._score(q32, scores)
+        return self._identities(scores[0], q64[0], k)
+
+    def search_batch(self, queries: npt.ArrayLike, k: int = 1) -> tuple[tuple[Hit, ...], ...]:
+        """:meth:`search` for each row of ``queries``, sharing passes over the matrix.
+
+        Args:
+            queries: ``(b, dim)`` embeddings.
+            k: Faces per query.
+
+        Returns:
+            One tuple of hits per query, in query order.
+
+        Raises:
+            GalleryError: As :meth:`search`, for any query.
+        """
+        return self._batch(queries, k, identities=False)
+
+    def search_identities_batch(
+        self, queries: npt.ArrayLike, k: int = 1
+    ) -> tuple[tuple[Hit, ...], ...]:
+        """:meth:`search_identities` for each row of ``queries``.
+
+        Args:
+            queries: ``(b, dim)`` embeddings.
+            k: Identities per query.
+
+        Returns:
+            One tuple of hits per query, in query order.
+
+        Raises:
+            GalleryError: As :meth:`search`, for any query.
+        """
+        return self._batch(queries, k, identities=True)
+
+    def _batch(
+        self, queries: npt.ArrayLike, k: int, *, identities: bool
+    ) -> tuple[tuple[Hit, ...], ...]:
+        q32, q64 = self._queries(queries, batch=True)
+        _check_k(k)
+        b = q32.shape[0]
+        if self.live == 0:
+            return tuple(() for _ in range(b))
+        group = max(1, min(b, BATCH_SCORE_BYTES // (4 * self.rows)))
+        scores = np.empty((group, self.rows), dtype=np.float32)
+        out: list[tuple[Hit, ...]] = []
+        for lo in range(0, b, group):
+            hi = min(lo + group, b)
+            block = scores[: hi - lo]
+            self._score(q32[lo:hi], block)
+            for i in range(hi - lo):
+                if identities:
+                    out.append(self._identities(block[i], q64[lo + i], k))
+                else:
+                    rows, sims = self._top_rows(block[i], q64[lo + i], min(k, self.live))
+                    out.append(self._hits(rows, sims))
+        return tuple(out)
+
+    def _queries(self, query: npt.ArrayLike, *, batch: bool) -> tuple[FloatArray, Float64Array]:
+        """Validated, normalised ``(b, dim)`` float32 and float64 copies of the queries."""
+        try:
+            arr = np.asarray(query, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise GalleryError(f"query is not a numeric array: {exc}") from exc
+        want = f"(n, {self.dim})" if batch else f"({self.dim},)"
+        if (batch and arr.ndim != 2) or (not batch and arr.ndim != 1) or arr.shape[-1] != self.dim:
+            raise GalleryError(
+                f"query has shape {arr.shape}, the index expects {want} "
+                f"(embeddings of dimension {self.dim})")
+        arr = arr.reshape(-1, self.dim)
+        if not np.isfinite(arr).all():
+            raise GalleryError("query contains NaN or infinity; refusing to search")
+        norms = np.linalg.norm(arr, axis=1)
+        if (norms == 0.0).any():
+            raise GalleryError("query is the zero vector; it has no direction to compare")
+        q64 = arr / norms[:, None]
+        return q64.astype(np.float32), q64
+
+    def _score(self, q32: FloatArray, out: FloatArray) -> None:
+        """``out[t, i]`` = similarity of query ``t`` to row ``i``; dead rows get ``-inf``."""
+        if self.vectors is not None:
+            np.matmul(q32, self.vectors.T, out=out)
+        else:
+            assert self.codes is not None and self.scale is not None
+            assert self.inv_norm is not None and self.center is not None
+            q_center = (q32.astype(np.float64) @ self.center).astype(np.float32)
+            if q32.shape[0] == 1:
+                eng = self._engine
+                q8.score_one(eng.kernel, eng.executor(), eng.threads, self.codes, self.scale,
+                             self.inv_norm, q32[0], float(q_center[0]), out[0])
+            else:
+                q8.score_blockwise(self.codes, self.scale, self.inv_norm, q32, q_center, out)
+        if self.dead.size:
+            out[:, self.dead] = -np.inf
+
+    def _top_rows(
+        self, scores: FloatArray, q64: Float64Array, m: int
+    ) -> tuple[Int64Array, Float64Array]:
+        """Rows of the ``m`` best scores (``m <= live``) and their similarities, best first."""
+        n = scores.shape[0]
+        if m == 1:
+            cand: Int64Array = np.array([int(np.argmax(scores))], dtype=np.int64)
+        elif m >= n:
+            cand = np.arange(n, dtype=np.int64)
+        else:
+            cand = np.argpartition(scores, n - m)[n - m:].astype(np.int64)
+        if self.vectors is not None:
+            # Any row whose float64 score could beat the m-th is within the float32
+            # rounding bound of it; re-score those in float64 for an exact top-m.
+            floor = float(scores[cand].min()) - _f32_dot_error(self.dim)
+            cand = np.flatnonzero(scores >= floor).astype(np.int64)
+            # Row-wise products summed per row: the same bits for a row whatever the
+            # other candidates are (a BLAS product may change with the batch shape).
+            sims: Float64Array = (self.vectors[cand].astype(np.float64) * q64).sum(axis=1)
+        else:
+            sims = scores[cand].astype(np.float64)
+        order = np.lexsort((cand, -sims))[:m]
+        return cand[order], sims[order]
+
+    def _identities(self, scores: FloatArray, q64: Float64Array, k: int) -> tuple[Hit, ...]:
+        # The best identities are among the best faces: fetch 4k faces, widen if they
+        # hold fewer than k identities. Any identity absent from the top m faces scores
+        # at most the m-th face, so the first k distinct identities are exact.
+        m = min(self.live, max(4 * k, 16))
+        while True:
+            rows, sims = self._top_rows(scores, q64, m)
+            _, first = np.unique(self.identity_codes[rows], return_index=True)
+            if first.size >= k or m >= self.live:
+                break
+            m = min(self.live, m * 4)
+        keep = np.sort(first)[:k]
+        return self._hits(rows[keep], sims[keep])
+
+    def _hits(self, rows: Int64Array, sims: Float64Array) -> tuple[Hit, ...]:
+        names = self.identity_names
+        return tuple(
+            Hit(int(self.face_ids[r]), names[int(self.identity_codes[r])], float(s))
+            for r, s in zip(rows.tolist(), sims.tolist(), strict=True)
+        )
+
+
+def _f32_dot_error(dim: int) -> float:
+    # e = (dim + 1)·u bounds the error of a float32 dot product of a stored unit row
+    # with the float32-rounded query (u = 2**-24: dim·u for the sum, u for rounding the
+    # query). A row of the exact top-m scores at least F - 2e in float32, F being the
+    # m-th best float32 score; one more u of slack.
+    return 2.0 * (dim + 2) * 2.0**-24
+
+
+def _check_k(k: int) -> None:
+    if not isinstance(k, int | np.integer) or k < 1:
+        raise GalleryError(f"k must be a positive integer, got {k!r}")
+
+
+class GalleryIndex:
+    """The searchable gallery: one writer, many concurrent readers.
+
+    Args:
+        dim: Embedding dimension (128 for dlib).
+        precision: ``"float32"`` (exact) or ``"int8"`` (4× smaller, approximate).
+        center: For int8, a vector subtracted before quantising; the gallery's mean
+            embedding makes tightly clustered embeddings (dlib's) quantise ~2× more
+            finely. ``None`` is zeros. :meth:`build` computes it from the data.
+        threads: Threads an int8 query is split across (default: cores, at most 4).
+            Float32 queries use BLAS's own threads.
+
+    Raises:
+        GalleryError: Invalid ``dim``, ``precision``, ``center`` or ``threads``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        precision: Precision = "float32",
+        center: npt.ArrayLike | None = None,
+        threads: int | None = None,
+    ) -> None:
+        if not isinstance(dim, int | np.integer) or dim < 1:
+            raise GalleryError(f"embedding dimension must be a positive integer, got {dim!r}")
+        if precision not in PRECISIONS:
+            raise GalleryError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if threads is not None and threads < 1:
+            raise GalleryError(f"threads must be at least 1, got {threads}")
+        self._dim = int(dim)
+        self._precision: Precision = precision
+        self._center: Float64Array | None = None
+        if precision == "int8":
+            self._center = _check_center(center, self._dim)
+        elif center is not None:
+            raise GalleryError("center applies only to precision='int8'")
+        self._engine = _Engine(threads or default_threads(), precision)
+        self._lock = threading.Lock()
+        self._row_of: dict[int, int] = {}
+        self._code_of: dict[str, int] = {}
+        self._names: list[str] = []
+        self._cap = 0
+        self._face_buf: Int64Array = np.empty(0, dtype=np.int64)
+        self._ident_buf: Int32Array = np.empty(0, dtype=np.int32)
+        self._vec_buf: FloatArray | None = None
+        self._code_buf: q8.Int8Array | None = None
+        self._scale_buf: FloatArray | None = None
+        self._inv_buf: FloatArray | None = None
+        self._alloc(0)
+        self._snap = self._make_snapshot(0, np.empty(0, dtype=np.int64), version=0)
+
+    @classmethod
+    def build(
+        cls,
+        face_ids: npt.ArrayLike,
+        identity_ids: Sequence[str] | str,
+        vectors: npt.ArrayLike,
+        *,
+        precision: Precision = "float32",
+        center: npt.ArrayLike | None = None,
+        threads: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> GalleryIndex:
+        """An index holding a whole gallery (e.g. a ``GalleryMatrix`` from the store).
+
+        Args:
+            face_ids: ``(n,)`` unique integer face ids.
+            identity_ids: The identity of each face, or one identity for all.
+            vectors: ``(n, dim)`` embeddings.
+            precision: As in the constructor.
+            center: For int8; ``None`` uses the mean of the normalised ``vectors``.
+            threads: As in the constructor.
+            progress: Called with the number of rows stored after each chunk.
+
+        Returns:
+            The index, sized exactly for the gallery.
+
+        Raises:
+            GalleryError: As :meth:`add`, or ``vectors`` is not a 2-D array.
+        """
+        arr = np.asarray(vectors)
+        if arr.ndim != 2:
+            raise GalleryError(f"vectors must be a 2-D (n, dim) array, got shape {arr.shape}")
+        if precision == "int8" and center is None and arr.shape[0] > 0:
+            center = _mean_direction(arr)
+        index = cls(arr.shape[1], precision=precision, center=center, threads=threads)
+        index.reserve(arr.shape[0])
+        index.add(face_ids, identity_ids, arr, progress=progress)
+        return index
+
+    # ---- properties ----------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def precision(self) -> Precision:
+        return self._precision
+
+    @property
+    def center(self) -> Float64Array | None:
+        """The int8 quantisation center (a copy), ``None`` for float32."""
+        return None if self._center is None else self._center.copy()
+
+    def __len__(self) -> int:
+        return self._snap.live
+
+    def __contains__(self, face_id: object) -> bool:
+        return face_id in self._row_of
+
+    def snapshot(self) -> IndexSnapshot:
+        """The current immutable view, for several searches that must agree."""
+        return self._snap
+
+    # ---- reads (delegate to the current snapshot) -----------------------------------
+
+    def search(self, query: npt.ArrayLike, k: int = 1) -> tuple[Hit, ...]:
+        """See :meth:`IndexSnapshot.search`.
+
+        Raises:
+            GalleryError: Bad query or ``k``.
+        """
+        return self._snap.search(query, k)
+
+    def search_batch(self, queries: npt.ArrayLike, k: int = 1) -> tuple[tuple[Hit, ...], ...]:
+        """See :meth:`IndexSnapshot.search_batch`.
+
+        Raises:
+            GalleryError: Bad queries or ``k``.
+        """
+        return self._snap.search_batch(queries, k)
+
+    def search_identities(self, query: npt.ArrayLike, k: int = 1) -> tuple[Hit, ...]:
+        """See :meth:`IndexSnapshot.search_identities`.
+
+        Raises:
+            GalleryError: Bad query or ``k``.
+        """
+        return self._snap.search_identities(query, k)
+
+    def search_identities_batch(
+        self, queries: npt.ArrayLike, k: int = 1
+    ) -> tuple[tuple[Hit, ...], ...]:
+        """See :meth:`IndexSnapshot.search_identities_batch`.
+
+        Raises:
+            GalleryError: Bad queries or ``k``.
+        """
+        return self._snap.search_identities_batch(queries, k)
+
+    # ---- writes ----------------------------------------------------------------------
+
+    def reserve(self, capacity: int) -> None:
+        """Make room for ``capacity`` rows so adds up to it copy nothing.
+
+        Args:
+            capacity: Total rows to hold (live plus future adds).
+        """
+        with self._lock:
+            if capacity > self._cap:
+                self._rebuild(capacity)
+
+    def add(
+        self,
+        face_ids: npt.ArrayLike,
+        identity_ids: Sequence[str] | str,
+        vectors: npt.ArrayLike,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Add faces; readers see all of them at once, or (on error) none.
+
+        Args:
+            face_ids: ``(m,)`` integer face ids, not already in the index.
+            identity_ids: The identity of each face, or one identity for all of them.
+            vectors: ``(m, dim)`` finite, non-zero embeddings; normalised here (a vector
+                already of unit norm within ``1e-6`` is stored as given).
+            progress: Called with the number of rows stored after each chunk.
+
+        Raises:
+            GalleryError: Wrong dimension or shape, a non-finite or zero vector, a
+                duplicate or already-present face id, or mismatched lengths.
+        """
+        fids = _as_face_ids(face_ids)
+        m = fids.size
+        names = _as_identities(identity_ids, m)
+        try:
+            arr = np.asarray(vectors)
+        except (TypeError, ValueError) as exc:
+            raise GalleryError(f"vectors are not a numeric array: {exc}") from exc
+        if arr.ndim != 2 or arr.shape[1] != self._dim:
+            raise GalleryError(
+                f"vectors have shape {arr.shape}, the index expects (n, {self._dim}) "
+                f"(embeddings of dimension {self._dim})")
+        if arr.shape[0] != m:
+            raise GalleryError(f"{m} face ids but {arr.shape[0]} vectors")
+        if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+            raise GalleryError(f"vectors must be real numbers, got dtype {arr.dtype}")
+        if m == 0:
+            return
+        finite = np.isfinite(arr).all(axis=1)
+        nonzero = arr.any(axis=1)
+        if not (finite.all() and nonzero.all()):
+            i = int(np.flatnonzero(~(finite & nonzero))[0])
+            what = "not finite" if not finite[i] else "zero"
+            raise GalleryError(
+                f"vector {i} (face id {int(fids[i])}) is {what}; refusing the whole add")
+        if np.unique(fids).size != m:
+            raise GalleryError("duplicate face ids in one add")
+        with self._lock:
+            present = [f for f in fids.tolist() if f in self._row_of]
+            if present:
+                raise GalleryError(
+                    f"{len(present)} face id(s) already in the index, e.g. {present[:5]}")
+            snap = self._snap
+            if snap.rows + m > self._cap:
+                self._rebuild(max(snap.live + m, self._cap + self._cap // 2))
+                snap = self._snap
+            start = snap.rows
+            # Rows past snap.rows are invisible to every published snapshot, so they
+            # can be written freely; a failure below leaves them unpublished.
+            for lo in range(0, m, ADD_CHUNK_ROWS):
+                hi = min(lo + ADD_CHUNK_ROWS, m)
+                self._store_vectors(start + lo, arr[lo:hi])
+                if progress is not None:
+                    progress(hi - lo)
+            self._face_buf[start:start + m] = fids
+            codes = np.empty(m, dtype=np.int32)
+            for i, name in enumerate(names):
+                code = self._code_of.get(name)
+                if code is None:
+                    code = len(self._names)
+                    self._names.append(name)
+                    self._code_of[name] = code
+                codes[i] = code
+            self._ident_buf[start:start + m] = codes
+            self._row_of.update(zip(fids.tolist(), range(start, start + m), strict=True))
+            self._publish(start + m, snap.dead)
+            logger.debug("added %d faces (%d live, version %d)", m, self._snap.live,
+                         self._snap.version)
+
+    def remove(self, face_ids: npt.ArrayLike) -> None:
+        """Remove faces; readers see all of them gone at once, or (on error) none.
+
+        Args:
+            face_ids: Face ids in the index (repeats are fine).
+
+        Raises:
+            GalleryError: Any face id is not in the index (nothing is removed).
+        """
+        fids = np.unique(_as_face_ids(face_ids))
+        if fids.size == 0:
+            return
+        with self._lock:
+            missing = [f for f in fids.tolist() if f not in self._row_of]
+            if missing:
+                raise GalleryError(
+                    f"{len(missing)} face id(s) not in the index, e.g. {missing[:5]}")
+            self._remove_rows(np.array([self._row_of[f] for f in fids.tolist()], dtype=np.int64))
+
+    def remove_identities(self, identity_ids: Iterable[str]) -> int:
+        """Remove every face of the given identities at once.
+
+        Args:
+            identity_ids: Identities; ones with no faces in the index are ignored.
+
+        Returns:
+            How many faces were removed.
+        """
+        with self._lock:
+            codes = [self._code_of[n] for n in set(identity_ids) if n in self._code_of]
+            if not codes:
+                return 0
+            snap = self._snap
+            hit = np.isin(snap.identity_codes, np.array(codes, dtype=np.int32))
+            hit[snap.dead] = False
+            rows = np.flatnonzero(hit).astype(np.int64)
+            if rows.size:
+                self._remove_rows(rows)
+            return int(rows.size)
+
+    def close(self) -> None:
+        """Stop the int8 worker threads. Idempotent; searches still work, on one thread."""
+        self._engine.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ---- internals (called with self._lock held) -------------------------------------
+
+    def _remove_rows(self, rows: Int64Array) -> None:
+        snap = self._snap
+        for f in snap.face_ids[rows].tolist():
+            del self._row_of[int(f)]
+        dead = np.union1d(snap.dead, rows).astype(np.int64)
+        if dead.size >= max(MIN_DEAD_TO_COMPACT, int(COMPACT_DEAD_FRACTION * snap.rows)):
+            self._publish(snap.rows, dead)
+            self._rebuild(self._cap)
+        else:
+            self._publish(snap.rows, dead)
+        logger.debug("removed %d faces (%d live, version %d)", rows.size, self._snap.live,
+                     self._snap.version)
+
+    def _store_vectors(self, start: int, chunk: npt.NDArray[np.generic]) -> None:
+        # Rows are finite and non-zero (checked by add). The norm is taken on rows
+        # scaled by their largest entry so huge finite values cannot overflow.
+        v64 = np.array(chunk, dtype=np.float64)  # a copy: the caller's array is untouched
+        peak = np.abs(v64).max(axis=1)
+        scaled_norm = np.linalg.norm(v64 / peak[:, None], axis=1)
+        # Rows already of unit norm are stored bit-for-bit; others are normalised.
+        fix = ~(np.abs(scaled_norm * peak - 1.0) <= UNIT_TOLERANCE)
+        if fix.any():
+            v64[fix] = v64[fix] / peak[fix, None] / scaled_norm[fix, None]
+        end = start + v64.shape[0]
+        if self._vec_buf is not None:
+            self._vec_buf[start:end] = v64
+        else:
+            assert self._code_buf is not None and self._scale_buf is not None
+            assert self._inv_buf is not None and self._center is not None
+            qz = q8.quantize(v64, self._center)
+            self._code_buf[start:end] = qz.codes
+            self._scale_buf[start:end] = qz.scale
+            self._inv_buf[start:end] = qz.inv_norm
+
+    def _alloc(self, capacity: int) -> None:
+        self._cap = capacity
+        self._face_buf = np.empty(capacity, dtype=np.int64)
+        self._ident_buf = np.empty(capacity, dtype=np.int32)
+        if self._precision == "float32":
+            self._vec_buf = np.empty((capacity, self._dim), dtype=np.float32)
+        else:
+            self._code_buf = np.empty((capacity, self._dim), dtype=np.int8)
+            self._scale_buf = np.empty(capacity, dtype=np.float32)
+            self._inv_buf = np.empty(capacity, dtype=np.float32)
+
+    def _rebuild(self, capacity: int) -> None:
+        """Copy the live rows into fresh buffers of ``capacity`` and publish them."""
+        snap = self._snap
+        keep = np.ones(snap.rows, dtype=bool)
+        keep[snap.dead] = False
+        n = int(keep.sum())
+        capacity = max(capacity, n)
+        old_codes = snap.identity_codes[keep]
+        used, new_codes = np.unique(old_codes, return_inverse=True)
+        names = [snap.identity_names[int(c)] for c in used.tolist()]
+        self._alloc(capacity)
+        self._face_buf[:n] = snap.face_ids[keep]
+        self._ident_buf[:n] = new_codes.astype(np.int32)
+        if self._vec_buf is not None:
+            assert snap.vectors is not None
+            np.compress(keep, snap.vectors, axis=0, out=self._vec_buf[:n])
+        else:
+            assert self._code_buf is not None and self._scale_buf is not None
+            assert self._inv_buf is not None
+            assert snap.codes is not None and snap.scale is not None
+            assert snap.inv_norm is not None
+            np.compress(keep, snap.codes, axis=0, out=self._code_buf[:n])
+            self._scale_buf[:n] = snap.scale[keep]
+            self._inv_buf[:n] = snap.inv_norm[keep]
+        self._names = names
+        self._code_of = {name: i for i, name in enumerate(names)}
+        self._row_of = dict(zip(self._face_buf[:n].tolist(), range(n), strict=True))
+        self._publish(n, np.empty(0, dtype=np.int64))
+        logger.debug("index rebuilt: %d rows, capacity %d", n, capacity)
+
+    def _publish(self, rows: int, dead: Int64Array) -> None:
+        self._snap = self._make_snapshot(rows, dead, version=self._snap.version + 1)
+
+    def _make_snapshot(self, rows: int, dead: Int64Array, *, version: int) -> IndexSnapshot:
+        def view(buf: npt.NDArray[np.generic] | None) -> npt.NDArray[np.generic] | None:
+            if buf is None:
+                return None
+            v = buf[:rows]
+            v.flags.writeable = False
+            return v
+
+        dead = dead.copy()
+        dead.flags.writeable = False
+        return IndexSnapshot(
+            dim=self._dim,
+            precision=self._precision,
+            version=version,
+            rows=rows,
+            live=rows - int(dead.size),
+            face_ids=view(self._face_buf),  # type: ignore[arg-type]
+            identity_codes=view(self._ident_buf),  # type: ignore[arg-type]
+            identity_names=self._names,
+            dead=dead,
+            vectors=view(self._vec_buf),  # type: ignore[arg-type]
+            codes=view(self._code_buf),  # type: ignore[arg-type]
+            scale=view(self._scale_buf),  # type: ignore[arg-type]
+            inv_norm=view(self._inv_buf),  # type: ignore[arg-type]
+            center=self._center,
+            _engine=self._engine,
+        )
+
+
+def _as_face_ids(face_ids: npt.ArrayLike) -> Int64Array:
+    try:
+        arr = np.asarray(face_ids)
+    except (TypeError, ValueError) as exc:
+        raise GalleryError(f"face ids are not an array of integers: {exc}") from exc
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise GalleryError(f"face ids must be one-dimensional, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise GalleryError(f"face ids must be integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def _as_identities(identity_ids: Sequence[str] | str, m: int) -> list[str]:
+    if isinstance(identity_ids, str):
+        names = [identity_ids] * m
+    else:
+        names = list(identity_ids)
+        if len(names) != m:
+            raise GalleryError(f"{m} face ids but {len(names)} identity ids")
+    bad = [n for n in names if not isinstance(n, str) or not n]
+    if bad:
+        raise GalleryError(f"identity ids must be non-empty strings, got {bad[0]!r}")
+    return names
+
+
+def _check_center(center: npt.ArrayLike | None, dim: int) -> Float64Array:
+    if center is None:
+        return np.zeros(dim, dtype=np.float64)
+    arr = np.asarray(center, dtype=np.float64)
+    if arr.shape != (dim,):
+        raise GalleryError(f"center has shape {arr.shape}, expected ({dim},)")
+    if not np.isfinite(arr).all():
+        raise GalleryError("center contains NaN or infinity")
+    out = arr.copy()
+    out.flags.writeable = False
+    return out
+
+
+def _mean_direction(vectors: npt.NDArray[np.generic]) -> Float64Array:
+    """Mean of the normalised rows (non-finite or zero rows are left to :meth:`add`)."""
+    total = np.zeros(vectors.shape[1], dtype=np.float64)
+    count = 0
+    for lo in range(0, vectors.shape[0], ADD_CHUNK_ROWS):
+        v = np.asarray(vectors[lo:lo + ADD_CHUNK_ROWS], dtype=np.float64)
+        norms = np.linalg.norm(v, axis=1)
+        ok = np.isfinite(norms) & (norms > 0)
+        total += (v[ok] / norms[ok, None]).sum(axis=0)
+        count += int(ok.sum())
+    out: Float64Array = total / max(count, 1)
+    return out
