@@ -28,6 +28,7 @@ is added.
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -48,6 +49,8 @@ BLOCK_ROWS = 2048
 
 #: Below this many rows, splitting a query across threads costs more than it saves.
 PARALLEL_MIN_ROWS = 65_536
+#: Slices per thread when a query is split: enough to even out a busy core.
+SLICES_PER_THREAD = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +167,8 @@ def score_one(
 
     Args:
         kernel: From :func:`load_kernel`; ``None`` uses :func:`score_blockwise`.
-        executor: Runs all but the last slice; the caller's thread runs the last one.
-        threads: Slices to split the rows into.
+        executor: Runs ``threads - 1`` workers that take slices alongside the caller.
+        threads: Threads working on one query.
         codes: ``(n, dim)`` int8.
         scale: ``(n,)`` float32.
         inv_norm: ``(n,)`` float32.
@@ -182,12 +185,27 @@ def score_one(
     if executor is None or threads <= 1 or n < PARALLEL_MIN_ROWS:
         kernel(codes, scale, inv_norm, query, qc, out, 0, n)
         return
-    # Slice bounds on 64-row boundaries so no two threads share a cache line of `out`.
-    bounds = [min(n, (n * i // threads) // 64 * 64) for i in range(threads)] + [n]
-    futures = [
-        executor.submit(kernel, codes, scale, inv_norm, query, qc, out, bounds[i], bounds[i + 1])
-        for i in range(threads - 1)
-    ]
-    kernel(codes, scale, inv_norm, query, qc, out, bounds[-2], bounds[-1])
+    # Slices are handed out on demand rather than one fixed share per thread, so a
+    # core that is busy with something else (the detector, on a Pi) takes fewer of
+    # them instead of holding everyone up. Slice bounds are multiples of 64 rows so no
+    # two threads write the same cache line of `out`.
+    slices = SLICES_PER_THREAD * threads
+    step = (-(-n // slices) + 63) // 64 * 64  # ceil(n / slices), rounded up to 64
+    counter = itertools.count()
+
+    def work() -> None:
+        while True:
+            lo = next(counter) * step  # itertools.count is atomic under the GIL
+            if lo >= n:
+                return
+            kernel(codes, scale, inv_norm, query, qc, out, lo, min(lo + step, n))
+
+    futures = []
+    for _ in range(threads - 1):
+        try:
+            futures.append(executor.submit(work))
+        except RuntimeError:  # the index was closed meanwhile: fewer hands, same result
+            break
+    work()
     for fut in futures:
         fut.result()
