@@ -253,10 +253,6 @@ class Publisher:
         with self._cond:
             self._client = client
             self._state = ConnectionState.CONNECTING
-        client.connect_async(self._address.host, self._address.port, self.config.keepalive)
-        client.loop_start()
-        self._sender = threading.Thread(target=self._run_sender, name="mqtt-sender", daemon=True)
-        self._sender.start()
         logger.info(
             "publishing as %s to %s://%s:%d (outbox %s)",
             self.config.effective_client_id,
@@ -265,6 +261,10 @@ class Publisher:
             self._address.port,
             self._outbox.path,
         )
+        client.connect_async(self._address.host, self._address.port, self.config.keepalive)
+        client.loop_start()
+        self._sender = threading.Thread(target=self._run_sender, name="mqtt-sender", daemon=True)
+        self._sender.start()
 
     def _make_client(self) -> _Client:
         cfg = self.config
@@ -627,7 +627,7 @@ class Publisher:
             failures = self._failures
         log = logger.warning if failures <= 3 or failures % 10 == 0 else logger.debug
         log(
-            "%s: broker %s:%d; retrying in %d s",
+            "%s (broker %s:%d); retrying in %d s",
             message,
             self._address.host,
             self._address.port,
