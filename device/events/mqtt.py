@@ -649,10 +649,12 @@ class Publisher:
                 self._early[mid] = reason_code
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            topic = message.topic[:200]
+        except UnicodeDecodeError:
+            topic = "(not UTF-8)"
         logger.warning(
-            "ignored a %d-byte message on unexpected topic %r",
-            len(message.payload),
-            message.topic[:200] if isinstance(message.topic, str) else "?",
+            "ignored a %d-byte message on unexpected topic %r", len(message.payload), topic
         )
 
     def _on_birth(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:

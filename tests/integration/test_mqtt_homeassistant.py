@@ -83,3 +83,28 @@ def test_discovery_on_connect_and_on_home_assistant_birth(
     assert "ignored a 1000000-byte message" in caplog.text
     assert "ignored a non-UTF-8 message" in caplog.text
     assert "ignored unexpected Home Assistant status 'ONLINE'" in caplog.text
+
+
+def test_callbacks_survive_messages_no_broker_would_send(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = MqttConfig.model_validate(
+        {
+            "unit_id": "unit-1",
+            "outbox_path": tmp_path / "outbox.sqlite3",
+            "home_assistant": {"enabled": True},
+        }
+    )
+    publisher = Publisher(config, cameras=CAMERAS)
+    try:
+        weird = mqtt.MQTTMessage(mid=1, topic=b"\xff\xfe/x")
+        weird.payload = b"\x00" * 10
+        publisher._on_message(None, None, weird)  # type: ignore[arg-type]
+        birth = mqtt.MQTTMessage(mid=2, topic=b"homeassistant/status")
+        birth.payload = b"online"
+        # Not connected: republishing fails inside the handler, which logs it.
+        publisher._on_birth(None, None, birth)  # type: ignore[arg-type]
+    finally:
+        publisher.close()
+    assert "unexpected topic '(not UTF-8)'" in caplog.text
+    assert "error handling a Home Assistant status message; ignored" in caplog.text

@@ -140,6 +140,9 @@ def test_events_in_flight_when_the_broker_stops_are_resent(
             for event in events[10:]:
                 publisher.publish_match(event)
             assert publisher.wait_for(lambda s: s.inflight == config.max_inflight, timeout=10)
+            # The window is a bound: no more go out while none are acknowledged.
+            assert not publisher.wait_for(lambda s: s.inflight > config.max_inflight, 0.5)
+            assert publisher.status().outbox.depth == 50
             os.kill(pid, signal.SIGTERM)
         finally:
             os.kill(pid, signal.SIGCONT)

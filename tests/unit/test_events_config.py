@@ -97,3 +97,14 @@ def test_empty_or_exposed_secret(tmp_path: Path, caplog: pytest.LogCaptureFixtur
         assert read_secret(str(exposed), "MQTT password", {}) == "pw"
     assert "readable by other users" in caplog.text
     assert "pw" not in caplog.text.replace(str(exposed), "")
+
+
+def test_readme_config_example_is_valid() -> None:
+    import tomllib
+    from importlib import resources
+
+    text = resources.files("device.events").joinpath("README.md").read_text("utf-8")
+    example = text.split("## Configuration", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    config = MqttConfig.model_validate(tomllib.loads(example)["mqtt"])
+    assert config.address.tls
+    assert config.home_assistant.enabled

@@ -273,3 +273,19 @@ def test_match_event_with_an_embedding_in_its_label_is_refused() -> None:
     event = make_event(label=EMBEDDING_B64[:120])
     with pytest.raises(PublishError, match="base64-like"):
         event.encode()
+
+
+def test_readme_example_is_a_valid_match_payload() -> None:
+    text = resources.files("device.events").joinpath("README.md").read_text("utf-8")
+    section = text.split("## Match payload", 1)[1]
+    example = json.loads(section.split("```json", 1)[1].split("```", 1)[0])
+    validate(MATCH_SCHEMA, example)
+    privacy_guard(example)
+    assert set(example) == set(load_schema(MATCH_SCHEMA)["properties"])
+    documented = {
+        name.strip("` ")
+        for line in section.split("| field | meaning |", 1)[1].splitlines()
+        if line.startswith("| `")
+        for name in line.split("|")[1].split(",")
+    }
+    assert documented == set(example), "every field is documented, and only those"
