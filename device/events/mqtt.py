@@ -62,8 +62,13 @@ CREDENTIAL_REASONS: Final = frozenset({0x86, 0x87, 0x8C})
 #: How long a row whose PUBACK carried a failure reason waits before it is resent.
 REJECT_HOLDOFF_S: Final = 5.0
 
+#: Pause of the sender after the outbox failed.
+SENDER_RETRY_S: Final = 5.0
+
 #: Extra room in paho's own in-flight window for retained state messages.
 _STATE_HEADROOM: Final = 32
+
+_LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class ConnectionState(enum.StrEnum):
@@ -224,6 +229,7 @@ class Publisher:
         self._mid_rows: dict[int, int | None] = {}  # mid -> row id (None: state message)
         self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat publish() returning
         self._acked_rows: list[int] = []
+        self._applying = 0  # acks taken from _acked_rows, not yet counted
         self._rejected_rows: list[int] = []
         self._retained: dict[str, bytes] = {}
         self._cursor = 0
@@ -276,16 +282,7 @@ class Publisher:
                 if cfg.password_file
                 else None
             )
-            if (
-                password
-                and not self._address.tls
-                and self._address.host
-                not in (
-                    "127.0.0.1",
-                    "localhost",
-                    "::1",
-                )
-            ):
+            if password and not self._address.tls and self._address.host not in _LOOPBACK:
                 logger.warning("the MQTT password is sent unencrypted; use an mqtts:// url")
             client.username_pw_set(cfg.username, password)
         if self._address.tls:
@@ -339,7 +336,11 @@ class Publisher:
                 connected = self._state is ConnectionState.CONNECTED
             if connected:
                 info = client.publish(self.topics.status, OFFLINE, qos=1, retain=True)
-                info.wait_for_publish(timeout)
+                try:
+                    info.wait_for_publish(timeout)
+                except (RuntimeError, ValueError) as exc:
+                    # The connection went away meanwhile: the last will says offline.
+                    logger.info("could not say offline before disconnecting: %s", exc)
             client.disconnect()
             client.loop_stop()
             self._apply_acks()
@@ -351,7 +352,11 @@ class Publisher:
         logger.info("publisher closed")
 
     def __enter__(self) -> Publisher:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(
@@ -484,13 +489,18 @@ class Publisher:
             return self._cond.wait_for(lambda: predicate(self.status()), timeout)
 
     def flush(self, timeout: float) -> bool:
-        """Wait until every outbox row is acknowledged; False on timeout."""
+        """Wait until every outbox row is acknowledged; False on timeout.
+
+        Raises:
+            PublishError: The outbox is closed.
+        """
         deadline = time.monotonic() + timeout
         with self._cond:
             self._wake = True
             self._cond.notify_all()
             while True:
-                if not self._inflight and not self._acked_rows and self._outbox.depth() == 0:
+                idle = not (self._inflight or self._acked_rows or self._applying)
+                if idle and self._outbox.depth() == 0:
                     return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -575,6 +585,7 @@ class Publisher:
             self._retry_delay = None
             self._paho_error = None
             self._wake = True
+            self._hold_until = 0.0  # a new connection may come with new permissions
             self._health_due = 0.0
             retained = list(self._retained.items())
             self._cond.notify_all()
@@ -712,16 +723,26 @@ class Publisher:
         self._cond.notify_all()
 
     def _apply_acks(self) -> None:
+        """Delete acknowledged rows from the outbox (sender thread, or close)."""
         with self._cond:
             acked, self._acked_rows = self._acked_rows, []
+            self._applying = len(acked)
             rejected, self._rejected_rows = self._rejected_rows, []
             if rejected:
                 self._cursor = min(self._cursor, min(rejected) - 1)
                 self._hold_until = time.monotonic() + REJECT_HOLDOFF_S
+                self._wake = True
         if acked:
-            self._outbox.ack(*acked)
+            try:
+                self._outbox.ack(*acked)
+            except PublishError:
+                with self._cond:
+                    self._acked_rows[:0] = acked  # try again next round
+                    self._applying = 0
+                raise
             with self._cond:
                 self._acked_total += len(acked)
+                self._applying = 0
                 self._cond.notify_all()
         if rejected:
             logger.warning(
@@ -759,11 +780,17 @@ class Publisher:
                 if stopping:
                     return
                 self._send_step()
-            except PublishError as exc:
-                logger.error("event sender: %s", exc)
+            except PublishError as exc:  # the outbox failed (disk full, I/O): retry
+                logger.error("event sender: %s; retrying in %g s", exc, SENDER_RETRY_S)
                 with self._cond:
                     self._last_error = str(exc)
-                    self._cond.wait(1.0)
+                    self._cond.wait(SENDER_RETRY_S)
+            except Exception as exc:
+                # A bug must not silently stop delivery for the life of the process.
+                logger.exception("event sender failed; retrying in %g s", SENDER_RETRY_S)
+                with self._cond:
+                    self._last_error = f"event sender failed: {exc!r}"[:500]
+                    self._cond.wait(SENDER_RETRY_S)
 
     def _send_step(self) -> None:
         now = time.monotonic()

@@ -270,3 +270,37 @@ def test_last_will_on_sigkill_and_online_again_after_restart(
     finally:
         child.stop()
         child.close()
+
+
+def test_a_rejected_puback_keeps_the_event(
+    broker: LocalBroker, collector: Collector, tmp_path: Path
+) -> None:
+    # Anonymous clients may read everything but write only status and health.
+    acl = broker.workdir / "acl"
+    acl.write_text(f"topic read #\ntopic write {STATUS}\ntopic write facegate/{UNIT}/health\n")
+    conf = broker.workdir / "mosquitto.conf"
+    original = conf.read_text()
+    broker.stop()
+    conf.write_text(original + f"acl_file {acl}\n")
+    broker.start()
+    assert collector.wait_subscribed()
+
+    events = [make_event(i) for i in range(3)]
+    with Publisher(config(broker, tmp_path)) as publisher:
+        assert publisher.wait_for_state(ConnectionState.CONNECTED, timeout=10)
+        for event in events:
+            publisher.publish_match(event)
+        assert publisher.wait_for(
+            lambda s: "rejected an event" in (s.last_error or ""), timeout=10
+        ), publisher.status()
+        status = publisher.status()
+        assert "Not authorized" in (status.last_error or "")
+        assert status.outbox.depth == 3
+        assert status.acked == 0
+
+        acl.write_text("topic readwrite #\n")  # permission granted: resent after reconnect
+        broker.stop()
+        broker.start()
+        assert publisher.flush(15)
+    want = {e.event_id for e in events}
+    assert collector.wait_for(lambda _: want <= set(collector.event_ids()), 10)
