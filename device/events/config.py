@@ -26,10 +26,12 @@ from pydantic import Field, model_validator
 
 from device.config import Section
 from device.errors import ConfigError
+from device.paths import default_state_dir
 
 logger = logging.getLogger(__name__)
 
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+OUTBOX_FILENAME = "outbox.sqlite3"
 
 
 class HomeAssistantConfig(Section):
@@ -110,8 +112,11 @@ class MqttConfig(Section):
         default=30.0, gt=0, description="Period of the retained health message, seconds."
     )
     outbox_path: Path = Field(
-        default=Path("/var/lib/facegate/outbox.sqlite3"),
-        description="SQLite file of the durable outbox (systemd StateDirectory=facegate).",
+        default_factory=lambda: default_state_dir() / OUTBOX_FILENAME,
+        description=(
+            "SQLite file of the durable outbox; outbox.sqlite3 in the state directory "
+            "($STATE_DIRECTORY under systemd) when unset."
+        ),
     )
     outbox_max_rows: int = Field(
         default=10_000,

@@ -17,8 +17,10 @@ from device.events.config import (
 )
 
 
-def test_defaults_and_derived_values() -> None:
+def test_defaults_and_derived_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/facegate")
     config = MqttConfig(unit_id="unit-1")
+    assert config.outbox_path == Path("/var/lib/facegate/outbox.sqlite3")
     assert config.address == BrokerAddress("127.0.0.1", 1883, tls=False)
     assert config.effective_client_id == "facegate-unit-1"
     assert config.qos == 1
