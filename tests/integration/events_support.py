@@ -203,6 +203,7 @@ class Received:
     topic: str
     payload: bytes
     retain: bool
+    expiry: int | None = None
 
     def json(self) -> Any:
         return json.loads(self.payload)
@@ -292,7 +293,8 @@ class Collector:
         self._subscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        received = Received(msg.topic, bytes(msg.payload), bool(msg.retain))
+        expiry = getattr(msg.properties, "MessageExpiryInterval", None)
+        received = Received(msg.topic, bytes(msg.payload), bool(msg.retain), expiry)
         try:
             check_payload(received.topic, received.payload)
         except Exception as exc:

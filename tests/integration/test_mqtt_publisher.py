@@ -176,6 +176,9 @@ def test_expired_events_are_dropped_and_live_ones_carry_expiry(
         assert publisher.status().outbox.expired == 1
         assert collector.wait_for(lambda _: make_event(1).event_id in collector.event_ids(), 10)
     assert make_event(0).event_id not in collector.event_ids()
+    (live,) = collector.on(f"facegate/{UNIT}/front/match")
+    assert live.expiry is not None
+    assert 0 < live.expiry <= 60
 
 
 def test_wrong_credentials_are_reported_and_retried(
