@@ -3,7 +3,8 @@
 One :class:`Tracker` per camera follows faces across frames by box overlap (SORT
 style, without a Kalman filter): each track predicts its box by its smoothed motion,
 detections are matched to tracks greedily by descending IoU with the prediction —
-IoUs equal to two decimals go to the smaller keypoint distance — and a track that
+IoUs equal to two decimals go to the smaller keypoint distance; a box that grew or
+shrank by more than ``max_scale_change`` is not the same face — and a track that
 finds no detection for more than ``max_age`` frames ends. A new track stays
 *tentative* until it has been seen in ``min_hits`` consecutive frames (a tentative
 track that misses a frame is dropped), and only then gets its id: ids are unique per
@@ -48,6 +49,12 @@ class TrackerConfig(Section):
         0.3, gt=0, le=1,
         description="Smallest IoU between a track's predicted box and a detection for "
         "them to be the same face.",
+    )
+    max_scale_change: float = Field(
+        1.4, ge=1.0, le=10.0,
+        description="Largest ratio between the box sides of a track's last face and a "
+        "detection it may take (either way): faces do not change size by half between "
+        "frames, a scene cut or another person does.",
     )
     max_age: int = Field(
         10, ge=0, le=1000,
@@ -337,13 +344,20 @@ class Tracker(Generic[P]):
     def _associate(
         self, detections: Sequence[Detection], frame: int
     ) -> list[tuple[_Track[P], int]]:
-        """Greedy matching by descending IoU (two decimals), then keypoint distance."""
+        """Greedy matching by descending IoU (two decimals), then keypoint distance.
+
+        A pair qualifies when the IoU reaches ``iou_threshold`` and the box sides
+        differ by at most ``max_scale_change``.
+        """
         pairs: list[tuple[float, float, int, int]] = []
+        limit = self.config.max_scale_change
         for ti, track in enumerate(self._tracks):
             predicted = track.predicted_box(frame)
+            side = math.sqrt(track.detection.area)
             for di, det in enumerate(detections):
                 overlap = iou(predicted, det.box)
-                if overlap >= self.config.iou_threshold:
+                ratio = math.sqrt(det.area) / side if side > 0 else math.inf
+                if overlap >= self.config.iou_threshold and 1 / limit <= ratio <= limit:
                     pairs.append(
                         (-round(overlap, 2), track.keypoint_distance(det, frame), ti, di)
                     )

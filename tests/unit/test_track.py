@@ -150,6 +150,22 @@ def test_equal_overlap_goes_to_the_nearer_keypoints() -> None:
         assert got[1] is a and got[2] is b
 
 
+def test_a_face_that_changes_size_abruptly_is_someone_else() -> None:
+    """A scene cut puts a smaller face where the last one was: IoU alone would join them."""
+    tracker: Tracker[str] = Tracker("cam", TrackerConfig(min_hits=1, max_age=3))
+    # The boxes of the real cut in tests/integration/test_track_real.py.
+    before, after = det(309.5, 97.5, size=97), det(340.5, 87.5, size=65)
+    assert iou(before.box, after.box) == pytest.approx(0.31, abs=0.005)
+    tracker.update(0.0, [before])
+    got = tracker.update(0.1, [after])
+    assert [(u.kind, u.track_id) for u in got] == [(TrackEvent.NEW, 2)]
+    assert tracker.active_track_ids == (1, 2)
+    # Growing by less than max_scale_change (1.4) per frame is still the same face.
+    got = tracker.update(0.2, [before, det(340.5, 87.5, size=85)])
+    assert [(u.kind, u.track_id) for u in got] == [(TrackEvent.UPDATED, 1),
+                                                   (TrackEvent.UPDATED, 2)]
+
+
 def test_a_new_face_appearing_gets_the_next_id() -> None:
     tracker: Tracker[str] = Tracker("cam", TrackerConfig(min_hits=2))
     frames = [[det(100, 100)] for _ in range(4)]
