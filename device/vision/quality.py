@@ -350,7 +350,22 @@ def sharpness(image: Image | Frame, detection: Detection) -> float:
     Raises:
         ValueError: ``image`` has an unsupported shape.
     """
-    crop = face_crop(image, detection, CENTRAL_CROP)
+    return _sharpness_of(face_crop(image, detection, CENTRAL_CROP))
+
+
+def exposure(image: Image | Frame, detection: Detection) -> Exposure:
+    """Mean, dynamic range and clipped share of the central grey face crop.
+
+    Looks at the central :data:`CENTRAL_CROP` of the box, like :func:`sharpness`;
+    all zeros when the box is outside the frame.
+
+    Raises:
+        ValueError: ``image`` has an unsupported shape.
+    """
+    return _exposure_of(face_crop(image, detection, CENTRAL_CROP))
+
+
+def _sharpness_of(crop: Image) -> float:
     if crop.size == 0:
         return 0.0
     side = SHARPNESS_SIZE
@@ -364,23 +379,19 @@ def sharpness(image: Image | Frame, detection: Detection) -> float:
     return float(laplacian.var()) / variance
 
 
-def exposure(image: Image | Frame, detection: Detection) -> Exposure:
-    """Mean, dynamic range and clipped share of the central grey face crop.
-
-    Looks at the central :data:`CENTRAL_CROP` of the box, like :func:`sharpness`;
-    all zeros when the box is outside the frame.
-
-    Raises:
-        ValueError: ``image`` has an unsupported shape.
-    """
-    crop = face_crop(image, detection, CENTRAL_CROP)
+def _exposure_of(crop: Image) -> Exposure:
     if crop.size == 0:
         return Exposure(0.0, 0.0, 0.0)
-    p5, p95 = np.percentile(crop, (5, 95))
+    # A histogram instead of np.percentile: no sort, a few times faster on big faces.
+    counts = np.bincount(crop.ravel(), minlength=256)
+    cumulative = np.cumsum(counts)
+    total = int(cumulative[-1])
+    p5 = int(np.searchsorted(cumulative, 0.05 * total))
+    p95 = int(np.searchsorted(cumulative, 0.95 * total))
     return Exposure(
-        mean=float(crop.mean()),
+        mean=float(counts @ np.arange(256)) / total,
         dynamic_range=float(p95 - p5),
-        saturated_fraction=float(np.count_nonzero(crop >= 250)) / crop.size,
+        saturated_fraction=float(counts[250:].sum()) / total,
     )
 
 
@@ -499,8 +510,9 @@ def assess(
     height, width = int(pixels.shape[0]), int(pixels.shape[1])
     iod = interocular_distance(detection)
     face_px = float(min(detection.box[2], detection.box[3]))
-    sharp = sharpness(pixels, detection)
-    light = exposure(pixels, detection)
+    central = face_crop(pixels, detection, CENTRAL_CROP)
+    sharp = _sharpness_of(central)
+    light = _exposure_of(central)
     pose = head_pose(detection)
     inside = inside_fraction(detection, width, height)
 
