@@ -184,6 +184,10 @@ class _TrackVotes:
 class Decider:
     """Track-level decisions for one camera.
 
+    Track ids must not be reused within the camera: ended ids are remembered (the
+    last :data:`ENDED_MEMORY`) so that a late vote cannot revive a track (see
+    ``first_id`` of :class:`~device.vision.track.Tracker`).
+
     Args:
         camera_id: The camera, copied into every decision.
         threshold: Similarity at or above which a candidate is a vote for its

@@ -226,14 +226,24 @@ class Tracker(Generic[P]):
     Args:
         camera_id: The camera, copied into every update.
         config: Association and bookkeeping settings.
+        first_id: Id of the first confirmed track. A pipeline that rebuilds a camera's
+            tracker (after a reconnect) passes the old one's :attr:`next_id`, so ids
+            stay unique per camera for the decision module.
+
+    Raises:
+        ValueError: ``first_id`` is below 1.
     """
 
-    def __init__(self, camera_id: str, config: TrackerConfig | None = None) -> None:
+    def __init__(
+        self, camera_id: str, config: TrackerConfig | None = None, first_id: int = 1
+    ) -> None:
+        if first_id < 1:
+            raise ValueError(f"track ids start at 1 or above, not {first_id}")
         self.camera_id = camera_id
         self.config = config or TrackerConfig()
         self._tracks: list[_Track[P]] = []
         self._frame = -1
-        self._next_id = 1
+        self._next_id = first_id
         self._last_timestamp: float | None = None
         self.dropped_detections = 0
         """Detections that started no track because ``max_tracks`` were followed."""
@@ -242,6 +252,11 @@ class Tracker(Generic[P]):
     def frame(self) -> int:
         """Index of the latest frame (``-1`` before the first update)."""
         return self._frame
+
+    @property
+    def next_id(self) -> int:
+        """The id the next confirmed track will get."""
+        return self._next_id
 
     @property
     def active_track_ids(self) -> tuple[int, ...]:

@@ -185,6 +185,17 @@ def test_cameras_count_ids_independently() -> None:
     assert (u.camera_id, u.track_id) == ("b", 1)
 
 
+def test_a_rebuilt_tracker_continues_the_ids() -> None:
+    old: Tracker[str] = Tracker("cam", TrackerConfig(min_hits=1))
+    old.update(0.0, [det(100, 100), det(300, 100)])
+    assert old.next_id == 3
+    new: Tracker[str] = Tracker("cam", TrackerConfig(min_hits=1), first_id=old.next_id)
+    (u,) = new.update(1.0, [det(100, 100)])
+    assert u.track_id == 3
+    with pytest.raises(ValueError, match="start at 1"):
+        Tracker("cam", first_id=0)
+
+
 def test_ids_increase_monotonically_over_many_tracks() -> None:
     rng = random.Random(7)
     tracker: Tracker[str] = Tracker("cam", TrackerConfig(min_hits=2, max_age=2))
