@@ -1,9 +1,10 @@
-"""Compiled int8 scoring kernel (numba). Imported only by :mod:`device.gallery.int8`.
+"""Compiled scoring kernels (numba). Imported only through :func:`device.gallery.int8.load_kernels`.
 
-Kept in its own module so that importing the gallery never imports numba: the
-float32 index does not need it, and numba's import costs a few hundred ms on a Pi.
-The kernel is compiled once per process and cached on disk (``NUMBA_CACHE_DIR``
-moves the cache when the package directory is read-only).
+Kept in their own module so that importing the gallery never imports numba when it
+is not wanted, and so a missing numba only disables these (callers fall back to
+numpy/BLAS). Compiled once per process and cached on disk (``NUMBA_CACHE_DIR``
+moves the cache when the package directory is read-only). Each kernel scores rows
+``lo..hi-1`` and releases the GIL, so a query can be split across threads.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import numba
 import numpy as np
 
 _njit: Callable[..., Any] = numba.njit
+_OPTIONS = {"nogil": True, "fastmath": True, "cache": True, "boundscheck": False,
+            "error_model": "numpy"}
 
 
-def _score_rows(
+def _score_int8(
     codes: Any, scale: Any, inv_norm: Any, query: Any, q_center: Any, out: Any,
     lo: int, hi: int,
 ) -> None:
     # out[i] = (q_center + scale[i] * sum_j codes[i, j] * query[j]) * inv_norm[i]
-    # for rows lo..hi-1. Under fastmath the inner loop vectorises (int8 → float32
-    # widening + FMA): one pass over the int8 bytes, no temporaries.
+    # Under fastmath the inner loop vectorises (int8 → float32 widening + FMA): one
+    # pass over the int8 bytes, no temporaries.
     dim = codes.shape[1]
     for i in range(lo, hi):
         acc = np.float32(0.0)
@@ -32,7 +35,29 @@ def _score_rows(
         out[i] = (q_center + scale[i] * acc) * inv_norm[i]
 
 
-#: ``score_rows(codes, scale, inv_norm, query, q_center, out, lo, hi)``; releases the GIL.
-score_rows: Callable[..., None] = _njit(
-    nogil=True, fastmath=True, cache=True, boundscheck=False, error_model="numpy"
-)(_score_rows)
+def _score_f32(vectors: Any, query: Any, out: Any, lo: int, hi: int) -> None:
+    # out[i] = sum_j vectors[i, j] * query[j]: the float32 matrix-vector product.
+    dim = vectors.shape[1]
+    for i in range(lo, hi):
+        acc = np.float32(0.0)
+        for j in range(dim):
+            acc += vectors[i, j] * query[j]
+        out[i] = acc
+
+
+def _read_rows(matrix: Any, lo: int, hi: int) -> float:
+    # Sum of rows lo..hi-1: reads every byte, writes nothing (the bench's memory floor).
+    acc = np.float32(0.0)
+    dim = matrix.shape[1]
+    for i in range(lo, hi):
+        for j in range(dim):
+            acc += matrix[i, j]
+    return float(acc)
+
+
+#: ``score_int8(codes, scale, inv_norm, query, q_center, out, lo, hi)``
+score_int8: Callable[..., None] = _njit(**_OPTIONS)(_score_int8)
+#: ``score_f32(vectors, query, out, lo, hi)``
+score_f32: Callable[..., None] = _njit(**_OPTIONS)(_score_f32)
+#: ``read_rows(matrix, lo, hi) -> float``
+read_rows: Callable[..., float] = _njit(**_OPTIONS)(_read_rows)

@@ -2,9 +2,15 @@
 
 The gallery is one ``(rows, dim)`` matrix — float32, or int8 with one scale per row
 (:mod:`device.gallery.int8`) — searched by inner product, which for unit vectors is
-cosine similarity. One query costs one streaming pass over the matrix (BLAS ``sgemv``
-for float32, a compiled int8 kernel split across cores for int8) plus an ``argmax``
-or ``argpartition`` over the scores.
+cosine similarity. One query costs one streaming pass over the matrix — a compiled
+kernel (numba) over row slices that a few threads take on demand — plus an ``argmax``
+or ``argpartition`` over the scores. Batches go through BLAS ``sgemm``.
+
+Why not BLAS for one query too: OpenBLAS splits ``sgemv`` into one fixed share per
+thread and hands off through its own thread pool; on a shared machine (a Pi also
+running the detector) one descheduled thread stalls the whole product. Measured on
+the 2-core dev machine under other load, 10k × 128: 5.2 ms p50 for ``sgemv`` against
+0.5 ms for a read of the same matrix.
 
 Concurrency: one writer, many readers, no reader locks. Readers search an immutable
 :class:`IndexSnapshot`, taken with a single attribute read; a write builds the next
@@ -37,6 +43,8 @@ import numpy.typing as npt
 
 from device.errors import GalleryError
 from device.gallery import int8 as q8
+from device.gallery.kernels import load_kernels
+from device.gallery.parallel import run_sliced
 from device.types import FloatArray
 
 logger = logging.getLogger(__name__)
@@ -55,6 +63,10 @@ BATCH_SCORE_BYTES = 64 * 2**20
 #: Compact when at least this share of rows is dead (and at least MIN_DEAD_TO_COMPACT).
 COMPACT_DEAD_FRACTION = 0.125
 MIN_DEAD_TO_COMPACT = 1024
+#: Below these many rows one thread scans alone (~4 MiB of matrix: a hand-off to
+#: another thread costs more than it saves).
+PARALLEL_MIN_ROWS_F32 = 8192
+PARALLEL_MIN_ROWS_INT8 = 32_768
 #: A stored vector whose norm is within this of 1 is kept bit-for-bit.
 UNIT_TOLERANCE = 1e-6
 
@@ -88,20 +100,18 @@ def default_threads() -> int:
 
 
 class _Engine:
-    """What the snapshots of one index share: threads, the int8 kernel, scratch buffers."""
+    """What the snapshots of one index share: threads, kernels, scratch buffers."""
 
-    def __init__(self, threads: int, precision: Precision) -> None:
+    def __init__(self, threads: int) -> None:
         self.threads = threads
-        self.kernel: q8.ScoreKernel | None = None
-        if precision == "int8":
-            self.kernel = q8.load_kernel()
+        self.kernels = load_kernels()
         self._local = threading.local()
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
 
     def executor(self) -> ThreadPoolExecutor | None:
-        if self.threads <= 1 or self.kernel is None:
+        if self.threads <= 1 or self.kernels is None:
             return None
         with self._lock:
             if self._executor is None and not self._closed:
@@ -307,19 +317,37 @@ class IndexSnapshot:
         return q64.astype(np.float32), q64
 
     def _score(self, q32: FloatArray, out: FloatArray) -> None:
-        """``out[t, i]`` = similarity of query ``t`` to row ``i``; dead rows get ``-inf``."""
+        """``out[t, i]`` = similarity of query ``t`` to row ``i``; dead rows get ``-inf``.
+
+        One query: a compiled kernel over row slices shared by ``threads`` threads
+        (memory-bound, one pass over the matrix). Several: BLAS ``sgemm`` (float32) or
+        blockwise widening + ``sgemm`` (int8), which amortise the pass over queries.
+        Without numba a single query takes the batch path.
+        """
+        eng = self._engine
+        kern = eng.kernels
+        single = q32.shape[0] == 1 and kern is not None
         if self.vectors is not None:
-            np.matmul(q32, self.vectors.T, out=out)
-        else:
-            assert self.codes is not None and self.scale is not None
-            assert self.inv_norm is not None and self.center is not None
-            q_center = (q32.astype(np.float64) @ self.center).astype(np.float32)
-            if q32.shape[0] == 1:
-                eng = self._engine
-                q8.score_one(eng.kernel, eng.executor(), eng.threads, self.codes, self.scale,
-                             self.inv_norm, q32[0], float(q_center[0]), out[0])
+            if single:
+                assert kern is not None
+                vec, q, o = self.vectors, q32[0], out[0]
+                run_sliced(lambda lo, hi: kern.score_f32(vec, q, o, lo, hi), self.rows,
+                           eng.executor(), eng.threads, min_rows=PARALLEL_MIN_ROWS_F32)
             else:
-                q8.score_blockwise(self.codes, self.scale, self.inv_norm, q32, q_center, out)
+                np.matmul(q32, self.vectors.T, out=out)
+        else:
+            codes, scale, inv = self.codes, self.scale, self.inv_norm
+            assert codes is not None and scale is not None and inv is not None
+            assert self.center is not None
+            q_center = (q32.astype(np.float64) @ self.center).astype(np.float32)
+            if single:
+                assert kern is not None
+                q, qc, o = q32[0], q_center[0], out[0]
+                run_sliced(lambda lo, hi: kern.score_int8(codes, scale, inv, q, qc, o, lo, hi),
+                           self.rows, eng.executor(), eng.threads,
+                           min_rows=PARALLEL_MIN_ROWS_INT8)
+            else:
+                q8.score_blockwise(codes, scale, inv, q32, q_center, out)
         if self.dead.size:
             out[:, self.dead] = -np.inf
 
@@ -391,8 +419,7 @@ class GalleryIndex:
         center: For int8, a vector subtracted before quantising; the gallery's mean
             embedding makes tightly clustered embeddings (dlib's) quantise ~2× more
             finely. ``None`` is zeros. :meth:`build` computes it from the data.
-        threads: Threads an int8 query is split across (default: cores, at most 4).
-            Float32 queries use BLAS's own threads.
+        threads: Threads one query is split across (default: cores, at most 4).
 
     Raises:
         GalleryError: Invalid ``dim``, ``precision``, ``center`` or ``threads``.
@@ -419,7 +446,7 @@ class GalleryIndex:
             self._center = _check_center(center, self._dim)
         elif center is not None:
             raise GalleryError("center applies only to precision='int8'")
-        self._engine = _Engine(threads or default_threads(), precision)
+        self._engine = _Engine(threads or default_threads())
         self._lock = threading.Lock()
         self._row_of: dict[int, int] = {}
         self._code_of: dict[str, int] = {}

@@ -27,11 +27,6 @@ is added.
 
 from __future__ import annotations
 
-import importlib
-import itertools
-import logging
-from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,18 +34,12 @@ import numpy.typing as npt
 
 from device.types import FloatArray
 
-logger = logging.getLogger(__name__)
-
 Int8Array = npt.NDArray[np.int8]
 
 #: Rows converted to float32 per step of the blockwise path: 2,048 × 128 floats is
 #: 1 MiB of scratch, which stays in L2 on a Pi 4/5 and on x86.
 BLOCK_ROWS = 2048
 
-#: Below this many rows, splitting a query across threads costs more than it saves.
-PARALLEL_MIN_ROWS = 65_536
-#: Slices per thread when a query is split: enough to even out a busy core.
-SLICES_PER_THREAD = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,29 +88,6 @@ def dequantize(q: Quantized, center: npt.NDArray[np.float64]) -> npt.NDArray[np.
     return out
 
 
-ScoreKernel = Callable[..., None]
-
-
-def load_kernel() -> ScoreKernel | None:
-    """The compiled single-query kernel, or ``None`` when numba is unusable here.
-
-    Returns:
-        ``kernel(codes, scale, inv_norm, query, q_center, out, lo, hi)`` or ``None``.
-    """
-    try:
-        module = importlib.import_module("device.gallery._int8_numba")
-    except (ImportError, RuntimeError, OSError) as exc:
-        # RuntimeError: numba found no writable cache directory (set NUMBA_CACHE_DIR).
-        logger.warning(
-            "int8 search falls back to the slower numpy path (%s: %s); "
-            "install numba, and set NUMBA_CACHE_DIR if the package directory is read-only",
-            type(exc).__name__, exc,
-        )
-        return None
-    kernel: ScoreKernel = module.score_rows
-    return kernel
-
-
 def score_blockwise(
     codes: Int8Array, scale: FloatArray, inv_norm: FloatArray,
     queries: FloatArray, q_center: FloatArray, out: FloatArray,
@@ -131,7 +97,7 @@ def score_blockwise(
     Each block of int8 rows is widened to float32 in a scratch buffer and multiplied by
     the queries with BLAS, so memory traffic is the int8 bytes plus a block that stays
     in cache. This serves batches (sgemm amortises the widening over the queries) and
-    is the single-query path when the compiled kernel is unavailable.
+    is the single-query path when the compiled kernels are unavailable.
 
     Args:
         codes: ``(n, dim)`` int8.
@@ -156,56 +122,3 @@ def score_blockwise(
         part[:m] += q_center[None, :]
         part[:m] *= inv_norm[lo:hi, None]
         out[:, lo:hi] = part[:m].T
-
-
-def score_one(
-    kernel: ScoreKernel | None, executor: Executor | None, threads: int,
-    codes: Int8Array, scale: FloatArray, inv_norm: FloatArray,
-    query: FloatArray, q_center: float, out: FloatArray,
-) -> None:
-    """Scores of every row for one query, split across ``threads`` when it pays.
-
-    Args:
-        kernel: From :func:`load_kernel`; ``None`` uses :func:`score_blockwise`.
-        executor: Runs ``threads - 1`` workers that take slices alongside the caller.
-        threads: Threads working on one query.
-        codes: ``(n, dim)`` int8.
-        scale: ``(n,)`` float32.
-        inv_norm: ``(n,)`` float32.
-        query: ``(dim,)`` float32 unit query.
-        q_center: ``query · center``.
-        out: ``(n,)`` float32, written.
-    """
-    n = codes.shape[0]
-    if kernel is None:
-        score_blockwise(codes, scale, inv_norm, query[None, :],
-                        np.array([q_center], dtype=np.float32), out[None, :])
-        return
-    qc = np.float32(q_center)
-    if executor is None or threads <= 1 or n < PARALLEL_MIN_ROWS:
-        kernel(codes, scale, inv_norm, query, qc, out, 0, n)
-        return
-    # Slices are handed out on demand rather than one fixed share per thread, so a
-    # core that is busy with something else (the detector, on a Pi) takes fewer of
-    # them instead of holding everyone up. Slice bounds are multiples of 64 rows so no
-    # two threads write the same cache line of `out`.
-    slices = SLICES_PER_THREAD * threads
-    step = (-(-n // slices) + 63) // 64 * 64  # ceil(n / slices), rounded up to 64
-    counter = itertools.count()
-
-    def work() -> None:
-        while True:
-            lo = next(counter) * step  # itertools.count is atomic under the GIL
-            if lo >= n:
-                return
-            kernel(codes, scale, inv_norm, query, qc, out, lo, min(lo + step, n))
-
-    futures = []
-    for _ in range(threads - 1):
-        try:
-            futures.append(executor.submit(work))
-        except RuntimeError:  # the index was closed meanwhile: fewer hands, same result
-            break
-    work()
-    for fut in futures:
-        fut.result()

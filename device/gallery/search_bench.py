@@ -10,8 +10,9 @@ an exact float64 search over the same float32 vectors.
 
 The **memory floor** is the time to stream the float32 matrix through memory once.
 It is measured in the same loop by two read-only passes and the faster one is taken:
-a 2-thread compiled sum over the matrix (reads every byte, writes nothing), and BLAS
-``sgemv`` with a vector of ones (the same kernel shape as a float32 search). A
+a compiled sum over the matrix split across the same threads as a search (reads
+every byte, writes nothing but one float per slice), and BLAS ``sgemv`` with a
+vector of ones (OpenBLAS's own threads). A
 float32 search cannot be faster than one read of its matrix; the ratio
 ``p50 / floor`` says how close it gets.
 
@@ -35,7 +36,9 @@ import numpy as np
 import numpy.typing as npt
 
 from device.errors import DeviceError
-from device.gallery.index import GalleryIndex, default_threads
+from device.gallery.index import PARALLEL_MIN_ROWS_F32, GalleryIndex, default_threads
+from device.gallery.kernels import load_kernels
+from device.gallery.parallel import run_sliced
 
 logger = logging.getLogger(__name__)
 
@@ -156,23 +159,6 @@ def exact_top1(gallery: npt.NDArray[np.float32], queries: npt.NDArray[np.float32
     return arg
 
 
-def _stream_kernel() -> Callable[..., Any] | None:
-    try:
-        numba = importlib.import_module("numba")
-    except ImportError:
-        return None
-
-    def read_rows(x: Any, lo: int, hi: int) -> float:
-        acc = np.float32(0.0)
-        for i in range(lo, hi):
-            for j in range(x.shape[1]):
-                acc += x[i, j]
-        return float(acc)
-
-    fn: Callable[..., Any] = numba.njit(nogil=True, fastmath=True, cache=False)(read_rows)
-    return fn
-
-
 class _Stream:
     """The read-only passes that define the floor."""
 
@@ -181,24 +167,20 @@ class _Stream:
         self.ones = np.ones(matrix.shape[1], dtype=np.float32)
         self.out = np.empty(matrix.shape[0], dtype=np.float32)
         self.threads = threads
-        self.kernel = _stream_kernel()
-        self.pool = ThreadPoolExecutor(max(1, threads - 1)) if threads > 1 else None
-        if self.kernel is not None:
-            self.kernel(matrix, 0, min(16, matrix.shape[0]))  # compile outside the timing
+        self.kernels = load_kernels()
+        self.pool = ThreadPoolExecutor(threads - 1) if threads > 1 else None
+        if self.kernels is not None:
+            self.kernels.read_rows(matrix, 0, min(16, matrix.shape[0]))  # compile now
 
     def blas(self) -> None:
         np.dot(self.matrix, self.ones, out=self.out)
 
     def read(self) -> None:
-        assert self.kernel is not None
-        n = self.matrix.shape[0]
-        t = self.threads
-        bounds = [n * i // t for i in range(t + 1)]
-        futs = [self.pool.submit(self.kernel, self.matrix, bounds[i], bounds[i + 1])
-                for i in range(t - 1)] if self.pool else []
-        self.kernel(self.matrix, bounds[t - 1], bounds[t])
-        for f in futs:
-            f.result()
+        # The same on-demand slicing as a search, with a kernel that only reads.
+        assert self.kernels is not None
+        read, m = self.kernels.read_rows, self.matrix
+        run_sliced(lambda lo, hi: read(m, lo, hi), m.shape[0], self.pool, self.threads,
+                   min_rows=PARALLEL_MIN_ROWS_F32)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -301,7 +283,7 @@ def _run_size(
 
     stream = _Stream(gallery, threads)
     floors: dict[str, Callable[[], None]] = {"floor-blas": stream.blas}
-    if stream.kernel is not None:
+    if stream.kernels is not None:
         floors["floor-read"] = stream.read
 
     names = list(floors) + list(methods)

@@ -14,6 +14,8 @@ from device.errors import GalleryError
 from device.gallery import index as index_mod
 from device.gallery import int8 as q8
 from device.gallery.index import GalleryIndex, Hit
+from device.gallery.kernels import load_kernels
+from device.gallery.parallel import run_sliced
 
 DIM = 128
 
@@ -118,26 +120,50 @@ def test_int8_scores_are_the_decoded_vectors(data: tuple[np.ndarray, np.ndarray]
 
 def test_numpy_fallback_matches_compiled_kernel(data: tuple[np.ndarray, np.ndarray]) -> None:
     gallery, queries = data
-    kernel = q8.load_kernel()
-    if kernel is None:
+    kern = load_kernels()
+    if kern is None:
         pytest.skip("numba is not installed; only the numpy path exists")
-    qz = q8.quantize(gallery.astype(np.float64), np.zeros(DIM))
-    q = queries[0] / np.linalg.norm(queries[0])
+    center = gallery.astype(np.float64).mean(axis=0)
+    qz = q8.quantize(gallery.astype(np.float64), center)
+    q = (queries[0] / np.linalg.norm(queries[0])).astype(np.float32)
+    qc = np.float32(q.astype(np.float64) @ center)
     compiled = np.empty(gallery.shape[0], dtype=np.float32)
     blockwise = np.empty((1, gallery.shape[0]), dtype=np.float32)
-    q8.score_one(kernel, None, 1, qz.codes, qz.scale, qz.inv_norm, q, 0.0, compiled)
-    q8.score_blockwise(qz.codes, qz.scale, qz.inv_norm, q[None, :],
-                       np.zeros(1, dtype=np.float32), blockwise)
+    kern.score_int8(qz.codes, qz.scale, qz.inv_norm, q, qc, compiled, 0, gallery.shape[0])
+    q8.score_blockwise(qz.codes, qz.scale, qz.inv_norm, q[None, :], np.array([qc]), blockwise)
     np.testing.assert_allclose(compiled, blockwise[0], atol=1e-5)
+    f32 = np.empty(gallery.shape[0], dtype=np.float32)
+    kern.score_f32(gallery, q, f32, 0, gallery.shape[0])
+    np.testing.assert_allclose(f32, gallery @ q, atol=1e-5)
 
 
-def test_int8_split_across_threads_matches_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("precision", index_mod.PRECISIONS)
+def test_without_numba_results_are_the_same(data: tuple[np.ndarray, np.ndarray],
+                                            precision: index_mod.Precision,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    gallery, queries = data
+    with build(gallery, precision, per_identity=2) as fast:
+        expected = [fast.search(q, 5) for q in queries[:10]]
+        expected_ids = [fast.search_identities(q, 3) for q in queries[:10]]
+    monkeypatch.setattr(index_mod, "load_kernels", lambda: None)
+    with build(gallery, precision, per_identity=2) as slow:
+        assert slow.snapshot()._engine.kernels is None
+        assert_same_hits(tuple(slow.search(q, 5) for q in queries[:10]), tuple(expected))
+        assert_same_hits(tuple(slow.search_identities(q, 3) for q in queries[:10]),
+                         tuple(expected_ids))
+
+
+@pytest.mark.parametrize("precision", index_mod.PRECISIONS)
+def test_split_across_threads_matches_one_thread(precision: index_mod.Precision,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(3)
     gallery = unit_rows(rng, 3001)
-    monkeypatch.setattr(q8, "PARALLEL_MIN_ROWS", 1)
+    monkeypatch.setattr(index_mod, "PARALLEL_MIN_ROWS_F32", 1)
+    monkeypatch.setattr(index_mod, "PARALLEL_MIN_ROWS_INT8", 1)
     q = unit_rows(rng, 1)[0]
-    with GalleryIndex.build(np.arange(3001), "a", gallery, precision="int8", threads=3) as many, \
-            GalleryIndex.build(np.arange(3001), "a", gallery, precision="int8",
+    with GalleryIndex.build(np.arange(3001), "a", gallery, precision=precision,
+                            threads=3) as many, \
+            GalleryIndex.build(np.arange(3001), "a", gallery, precision=precision,
                                threads=1) as one:
         assert many.search(q, 20) == one.search(q, 20)
 
@@ -443,7 +469,8 @@ def test_readers_see_whole_adds_and_removes(precision: index_mod.Precision,
     the probe: a reader sees all five faces of a group or none of them, never part."""
     # Compact and grow often so copy-and-swap happens under the readers too.
     monkeypatch.setattr(index_mod, "MIN_DEAD_TO_COMPACT", 40)
-    monkeypatch.setattr(q8, "PARALLEL_MIN_ROWS", 256)
+    monkeypatch.setattr(index_mod, "PARALLEL_MIN_ROWS_F32", 256)
+    monkeypatch.setattr(index_mod, "PARALLEL_MIN_ROWS_INT8", 256)
     rng = np.random.default_rng(9)
     probe = unit_rows(rng, 1)[0]
     group_size, cycles = 5, 150
@@ -491,3 +518,36 @@ def test_readers_see_whole_adds_and_removes(precision: index_mod.Precision,
     assert not errors, errors[0]
     assert checks[0] > 0
     assert len(index) == 3000
+
+
+# ---- slicing ------------------------------------------------------------------------------
+
+def test_run_sliced_covers_every_row_once() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    seen = np.zeros(100_003, dtype=np.int64)
+    lock = threading.Lock()
+
+    def mark(lo: int, hi: int) -> None:
+        assert lo % 64 == 0
+        with lock:
+            seen[lo:hi] += 1
+
+    with ThreadPoolExecutor(2) as pool:
+        run_sliced(mark, seen.size, pool, 3, min_rows=1)
+    assert (seen == 1).all()
+
+
+def test_run_sliced_reraises_after_all_slices() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls: list[int] = []
+
+    def fail_once(lo: int, hi: int) -> None:
+        calls.append(lo)
+        if lo == 0:
+            raise ValueError("boom")
+
+    with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError, match="boom"):
+        run_sliced(fail_once, 10_000, pool, 2, min_rows=1)
+    assert len(calls) == 8  # every slice still ran
