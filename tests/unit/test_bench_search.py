@@ -1,0 +1,61 @@
+"""``facegate bench search`` runs end to end on a small gallery (no timings asserted)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from device.cli import main
+from device.gallery import search_bench
+
+
+def test_table_and_json_with_faiss() -> None:
+    pytest.importorskip("faiss")
+    runner = CliRunner()
+    result = runner.invoke(main, ["bench", "search", "--size", "3000", "--queries", "10",
+                                  "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["method"] for r in rows] == [
+        "floor", "facegate-f32", "facegate-int8", "faiss-flat", "faiss-sq8"]
+    by = {r["method"]: r for r in rows}
+    assert by["facegate-f32"]["recall_all"] == 1.0
+    assert by["faiss-flat"]["recall_probes"] == 1.0
+    assert by["facegate-int8"]["index_mb"] < by["facegate-f32"]["index_mb"] / 3
+
+
+def test_table_without_faiss() -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["bench", "search", "--size", "2000,3000", "--queries", "5",
+                                  "--no-faiss", "--strangers", "0.4"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["size", "method", "p50"]
+    assert sum("facegate-int8" in line for line in lines) == 2
+    assert "faiss" not in "".join(lines[1:5])
+    assert "floor at 2000" in result.stdout
+
+
+def test_missing_faiss_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` fail
+    result = CliRunner().invoke(main, ["bench", "search", "--size", "100"])
+    assert result.exit_code == 2
+    assert "faiss-cpu" in result.output and "--no-faiss" in result.output
+
+
+def test_bad_sizes_are_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["bench", "search", "--size", "10,abc"])
+    assert result.exit_code == 2
+    assert "comma-separated integers" in result.output
+
+
+def test_queries_are_probes_then_strangers() -> None:
+    gallery = search_bench.make_gallery(500, 16, seed=1)
+    queries, strangers = search_bench.make_queries(gallery, 20, 0.25, seed=1)
+    assert strangers.sum() == 5 and strangers[-5:].all()
+    truth = search_bench.exact_top1(gallery, queries)
+    sims = (gallery[truth] * queries).sum(axis=1)
+    assert (sims[~strangers] > 0.8).all()  # probes are near their source row
