@@ -47,6 +47,7 @@ from device.events.outbox import Outbox, OutboxStats
 from device.events.schema import (
     HEALTH_SCHEMA,
     MatchEvent,
+    TrackEndEvent,
     encode,
     format_timestamp,
     is_valid_id,
@@ -389,6 +390,30 @@ class Publisher:
             )
         row_id = self._outbox.put(
             self.topics.match(event.camera),
+            event.encode(),
+            qos=self.config.qos,
+            expiry_s=self.config.match_expiry_s,
+            identity_id=event.identity_id,
+            event_id=event.event_id,
+        )
+        with self._cond:
+            self._wake = True
+            self._cond.notify_all()
+        return row_id
+
+    def publish_track_end(self, event: TrackEndEvent) -> int:
+        """Durably queue a track-end update (like :meth:`publish_match`); returns its row id.
+
+        Raises:
+            PublishError: The event is for another unit, fails the schema or the
+                privacy guard, or the outbox cannot be written.
+        """
+        if event.unit != self.config.unit_id:
+            raise PublishError(
+                f"event of unit {event.unit!r} given to the publisher of {self.config.unit_id!r}"
+            )
+        row_id = self._outbox.put(
+            self.topics.track_end(event.camera),
             event.encode(),
             qos=self.config.qos,
             expiry_s=self.config.match_expiry_s,

@@ -36,11 +36,13 @@ from device.errors import PublishError
 MATCH_SCHEMA: Final = "facegate/match/1"
 HEALTH_SCHEMA: Final = "facegate/health/1"
 GALLERY_STATE_SCHEMA: Final = "facegate/gallery_state/1"
+TRACK_END_SCHEMA: Final = "facegate/track_end/1"
 
 SCHEMA_FILES: Final[Mapping[str, str]] = {
     MATCH_SCHEMA: "match.v1.json",
     HEALTH_SCHEMA: "health.v1.json",
     GALLERY_STATE_SCHEMA: "gallery_state.v1.json",
+    TRACK_END_SCHEMA: "track_end.v1.json",
 }
 
 #: Privacy guard limits. An embedding is 128-512 numbers; a face chip is kilobytes.
@@ -473,3 +475,80 @@ class MatchEvent:
             review_required=payload["review_required"],
             event_id=payload["event_id"],
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TrackEndEvent:
+    """A track announced as an identity has ended (``facegate/<unit>/<camera>/track_end``).
+
+    Attributes:
+        unit: Unit id (one topic level).
+        camera: Camera id (one topic level).
+        track_id: Tracker id, as in the match event.
+        identity_id: The identity the track was announced as.
+        match_event_id: ``event_id`` of that match event.
+        first_seen: Epoch seconds when the track started.
+        last_seen: Epoch seconds when it was last seen.
+        frames_seen: Frames its face was detected in.
+        ended_at: Epoch seconds when the tracker ended it.
+        event_id: UUID of this update; generated when not given.
+
+    Raises:
+        PublishError: On construction, when a field is out of range.
+    """
+
+    unit: str
+    camera: str
+    track_id: int
+    identity_id: str
+    match_event_id: str
+    first_seen: float
+    last_seen: float
+    frames_seen: int
+    ended_at: float
+    event_id: str = field(default_factory=_new_event_id)
+
+    def __post_init__(self) -> None:
+        if not is_valid_id(self.unit) or not is_valid_id(self.camera):
+            raise PublishError(
+                f"unit {self.unit!r} and camera {self.camera!r} must match {_ID_RE.pattern}"
+            )
+        if not _REF_RE.match(self.identity_id):
+            raise PublishError(f"identity id {self.identity_id!r} must match {_REF_RE.pattern}")
+        if self.last_seen < self.first_seen:
+            raise PublishError("a track cannot be last seen before it was first seen")
+
+    @property
+    def topic_suffix(self) -> str:
+        """The topic below ``facegate/<unit>/``: ``<camera>/track_end``."""
+        return f"{self.camera}/track_end"
+
+    def to_payload(self) -> dict[str, Any]:
+        """The payload dict, validated against ``facegate/track_end/1``.
+
+        Raises:
+            PublishError: The result does not match the schema.
+        """
+        payload: dict[str, Any] = {
+            "schema": TRACK_END_SCHEMA,
+            "event_id": self.event_id,
+            "match_event_id": self.match_event_id,
+            "unit": self.unit,
+            "camera": self.camera,
+            "track_id": self.track_id,
+            "identity_id": self.identity_id,
+            "first_seen": format_timestamp(self.first_seen),
+            "last_seen": format_timestamp(self.last_seen),
+            "frames_seen": self.frames_seen,
+            "ended_at": format_timestamp(self.ended_at),
+        }
+        validate(TRACK_END_SCHEMA, payload)
+        return payload
+
+    def encode(self) -> bytes:
+        """Wire bytes: validated, privacy-guarded compact JSON.
+
+        Raises:
+            PublishError: The payload fails the schema or the privacy guard.
+        """
+        return prepare(TRACK_END_SCHEMA, self.to_payload())

@@ -67,6 +67,16 @@ class Topics:
             raise PublishError(f"camera id {camera!r} is not a valid topic level")
         return f"{self.base}/{camera}/match"
 
+    def track_end(self, camera: str) -> str:
+        """``facegate/<unit>/<camera>/track_end``.
+
+        Raises:
+            PublishError: ``camera`` is not a valid topic level.
+        """
+        if not is_valid_id(camera):
+            raise PublishError(f"camera id {camera!r} is not a valid topic level")
+        return f"{self.base}/{camera}/track_end"
+
     def state(self, suffix: str) -> str:
         """The retained state topic ``facegate/<unit>/<suffix>``.
 
