@@ -1,0 +1,158 @@
+"""Calibration table math on synthetic scores: monotone, honest resolution, safety floor."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device.errors import ConfigError
+from device.gallery import calibration as cal
+from device.gallery.calibration import (
+    MAX_SAFE_FMR,
+    CalibrationTable,
+    expected_fpir,
+    resolve_threshold,
+)
+
+MODEL = "test-embedder-v1"
+
+
+def _impostors(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(0.2, 0.12, size=n), -1.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def table() -> CalibrationTable:
+    return CalibrationTable.from_scores(_impostors(200_000), model_id=MODEL, source="synthetic")
+
+
+def test_points_are_exact_measured_rates() -> None:
+    scores = np.array([0.1, 0.2, 0.2, 0.3, 0.5])
+    t = CalibrationTable.from_scores(scores, model_id=MODEL)
+    assert t.similarities == (0.1, 0.2, 0.3, 0.5)
+    assert t.fmrs == (1.0, 0.8, 0.4, 0.2)  # share of scores >= the point
+    assert t.impostors == 5
+    assert t.resolution == pytest.approx(0.2)
+
+
+def test_fmr_at_is_monotone_and_bounded(table: CalibrationTable) -> None:
+    grid = np.linspace(-1.0, 1.0, 4001)
+    fmrs = np.array([table.fmr_at(s) for s in grid])
+    assert (np.diff(fmrs) <= 1e-15).all()
+    assert fmrs[0] == 1.0
+    assert fmrs[-1] == pytest.approx(table.resolution)
+    assert table.fmr_is_upper_bound(0.99) and not table.fmr_is_upper_bound(0.2)
+
+
+def test_fmr_at_matches_the_empirical_rate(table: CalibrationTable) -> None:
+    scores = _impostors(200_000)
+    for s in (0.2, 0.4, 0.55, 0.6):
+        empirical = float((scores >= s).mean())
+        assert table.fmr_at(s) == pytest.approx(empirical, rel=0.05)
+
+
+def test_threshold_for_inverts_fmr_at(table: CalibrationTable) -> None:
+    previous = -math.inf
+    for target in (0.5, 1e-1, 1e-2, 1e-3, 1e-4, 2e-5):
+        t = table.threshold_for(target)
+        assert t > previous
+        previous = t
+        assert table.fmr_at(t) == pytest.approx(target, rel=1e-9)
+
+
+def test_targets_finer_than_the_resolution_are_refused(table: CalibrationTable) -> None:
+    assert table.threshold_for(table.resolution) == table.similarities[-1]
+    with pytest.raises(ConfigError, match="finer than the calibration table"):
+        table.threshold_for(1e-6)
+    rows = {r.target_fmr: r for r in table.summary()}
+    assert rows[1e-5].threshold is not None
+    assert rows[1e-5].impostors_above == 2
+    small = CalibrationTable.from_scores(_impostors(500), model_id=MODEL)
+    rows = {r.target_fmr: r for r in small.summary()}
+    assert rows[1e-2].threshold is not None and rows[1e-3].threshold is None
+    with pytest.raises(ConfigError):
+        small.threshold_for(1e-3)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1e-3, 1.5, math.nan])
+def test_bad_targets_are_refused(table: CalibrationTable, bad: float) -> None:
+    with pytest.raises(ConfigError):
+        table.threshold_for(bad)
+
+
+def test_inconsistent_tables_are_refused() -> None:
+    with pytest.raises(ConfigError, match="ascending"):
+        CalibrationTable(MODEL, (0.5, 0.4), (1.0, 0.5), 10)
+    with pytest.raises(ConfigError, match="increase"):
+        CalibrationTable(MODEL, (0.4, 0.5), (0.5, 1.0), 10)
+    with pytest.raises(ConfigError, match="1/impostors"):
+        CalibrationTable(MODEL, (0.4, 0.5), (1.0, 0.01), 10)
+    with pytest.raises(ConfigError):
+        CalibrationTable.from_scores([], model_id=MODEL)
+
+
+def test_round_trip_and_atomic_save(table: CalibrationTable, tmp_path: Path) -> None:
+    path = cal.save_table(table, tmp_path / "models" / f"{MODEL}{cal.SUFFIX}")
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
+    data = json.loads(path.read_text())
+    assert set(data) == {"format", "model_id", "source", "created_at", "impostors", "rule",
+                         "points"}
+    assert all(len(p) == 2 for p in data["points"])  # numbers only
+    again = cal.load_table(path)
+    assert again == table
+    found, where = cal.find_table(MODEL, cache_dir=path.parent)
+    assert found == table and where == path
+    assert cal.threshold_for(MODEL, 1e-3, cache_dir=path.parent) == table.threshold_for(1e-3)
+    assert cal.fmr_at(MODEL, 0.5, cache_dir=path.parent) == table.fmr_at(0.5)
+
+
+def test_missing_and_malformed_tables(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="facegate calibrate"):
+        cal.find_table("no-such-model", cache_dir=tmp_path)
+    bad = tmp_path / f"{MODEL}{cal.SUFFIX}"
+    bad.write_text('{"format": "something else"}')
+    with pytest.raises(ConfigError, match="not a facegate calibration table"):
+        cal.find_table(MODEL, cache_dir=tmp_path)
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot read"):
+        cal.load_table(bad)
+
+
+def test_safety_floor(table: CalibrationTable, caplog: pytest.LogCaptureFixture) -> None:
+    safe = resolve_threshold(table, 1e-4)
+    assert not safe.unsafe and safe.fmr == pytest.approx(1e-4)
+    assert resolve_threshold(table, MAX_SAFE_FMR).unsafe is False
+    with pytest.raises(ConfigError, match="allow_unsafe_threshold"):
+        resolve_threshold(table, 1e-2)
+    with caplog.at_level(logging.WARNING, logger="device.gallery.calibration"):
+        unsafe = resolve_threshold(table, 1e-2, allow_unsafe=True)
+    assert unsafe.unsafe and unsafe.value == pytest.approx(table.threshold_for(1e-2))
+    assert any("UNSAFE" in r.getMessage() for r in caplog.records)
+
+
+def test_expected_fpir() -> None:
+    assert expected_fpir(0.0, 1000) == 0.0
+    assert expected_fpir(1e-4, 0) == 0.0
+    assert expected_fpir(1.0, 3) == 1.0
+    assert expected_fpir(1e-4, 1) == pytest.approx(1e-4)
+    assert expected_fpir(1e-4, 1000) == pytest.approx(1 - (1 - 1e-4) ** 1000, rel=1e-12)
+    assert expected_fpir(1e-9, 10) == pytest.approx(1e-8, rel=1e-6)  # no cancellation
+    with pytest.raises(ValueError):
+        expected_fpir(1.5, 1)
+
+
+def test_gallery_load_logs_threshold_and_fpir(
+    table: CalibrationTable, caplog: pytest.LogCaptureFixture
+) -> None:
+    threshold = resolve_threshold(table, 1e-4)
+    with caplog.at_level(logging.INFO, logger="device.gallery.calibration"):
+        fpir = cal.log_gallery_threshold(threshold, identities=100, faces=300)
+    assert fpir == pytest.approx(expected_fpir(threshold.fmr, 300))
+    message = caplog.records[-1].getMessage()
+    assert f"{threshold.value:.4f}" in message and "1-(1-FMR)^300" in message
