@@ -59,9 +59,10 @@ def bench_search(sizes: str, k: int, queries: int, strangers: float, dim: int, s
     """Single-query search time and recall@1: facegate float32/int8 vs faiss.
 
     Every method searches the same seeded unit vectors with the same queries, timed
-    one query at a time, round-robin. The floor row is the time to stream the float32
-    matrix through memory once; `x floor` is p50 over it. Recall@1 is against exact
-    float64 search, for probes (noisy gallery rows) and strangers (random queries).
+    one query at a time, in a fresh random order of methods each round. The floor
+    row is the time to stream the float32 matrix through memory once; `x floor` is
+    p50 over it. Recall@1 is against exact float64 search, for probes (noisy gallery
+    rows) and strangers (random queries).
     """
     rows = search_bench.run(_sizes(sizes), k=k, queries=queries, strangers=strangers,
                             dim=dim, seed=seed, with_faiss=with_faiss, progress=_bar)
