@@ -1,0 +1,58 @@
+"""The ``[sync]`` configuration section: who to trust and how much to accept."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from device.config import Section
+from device.gallery.sync.apply import DEFAULT_MAX_PAYLOAD_BYTES
+from device.gallery.sync.manifest import MAX_MANIFEST_BYTES
+
+
+class SyncConfig(Section):
+    """Over-the-air gallery updates."""
+
+    enabled: bool = Field(default=True, description="Receive gallery bundles over MQTT.")
+    trusted_keys: str = Field(
+        default="trusted-keys",
+        min_length=1,
+        description=(
+            "Directory of trusted public keys (one file per key), or the name of a "
+            "systemd directory credential in $CREDENTIALS_DIRECTORY."
+        ),
+    )
+    threshold: int = Field(
+        default=1, ge=1, le=16,
+        description="Distinct trusted keys that must sign a manifest.",
+    )
+    max_manifest_bytes: int = Field(
+        default=MAX_MANIFEST_BYTES, ge=1024, le=MAX_MANIFEST_BYTES,
+        description="Largest manifest accepted, bytes; a larger one is refused unread.",
+    )
+    max_payload_bytes: int = Field(
+        default=DEFAULT_MAX_PAYLOAD_BYTES, ge=1024, le=4 * 1024**3,
+        description="Largest payload accepted, bytes; checked before downloading.",
+    )
+    unit_override: bool = Field(
+        default=True,
+        description="Also follow the per-unit manifest topic facegate/<unit>/gallery/manifest.",
+    )
+    prefer_url: bool = Field(
+        default=True,
+        description="Download from the manifest's HTTPS URL when it names one (else MQTT chunks).",
+    )
+    allow_insecure_http: bool = Field(
+        default=False,
+        description="Accept http:// payload URLs. For tests on 127.0.0.1 only; never in the field.",
+    )
+    http_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="Socket timeout of a payload download, seconds."
+    )
+    chunk_window: int = Field(
+        default=8, ge=1, le=256,
+        description="MQTT chunks subscribed at once (bounds memory and broker queues).",
+    )
+    scrub_old_versions: bool = Field(
+        default=True,
+        description="Overwrite a superseded gallery file with zeros before deleting it.",
+    )
