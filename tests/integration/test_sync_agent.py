@@ -123,6 +123,7 @@ def test_forged_chunk_is_refused_and_the_signed_one_still_accepted(h: Harness) -
     publish_bundle(v1.directory, h.login, chunks=range(1, n))
     agent = h.agent()
     stats = wait(agent, lambda s: s.chunks_rejected == 1 and s.refused == 1)
+    assert stats.applied == 0 and stats.transfer is not None  # still waiting for chunk 0
     state = h.watcher.wait_for(lambda p: p["state"] == "failed")
     assert state["message"].startswith("refused (hash_mismatch): chunk 0")
     assert h.world.layout.live_info() is None
