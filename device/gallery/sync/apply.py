@@ -217,15 +217,7 @@ class GallerySync:
         Raises:
             SyncError: The live gallery cannot be read.
         """
-        record = self.layout.read_record()
-        live = self._live()
-        outcome: Outcome = "error" if record.reason and record.status == "failed" else "ok"
-        if record.message and record.message.startswith("refused"):
-            outcome = "refused"
-        status = record.status if record.status != "syncing" else "active"
-        return GalleryState.of(live, outcome=outcome, status=status, reason=record.reason,
-                               message=record.message, model_id=self.policy.model_id,
-                               now=record.updated_at or self._clock())
+        return read_status(self.layout, model_id=self.policy.model_id, clock=self._clock)
 
     def check(self, raw: bytes) -> Manifest:
         """Parse, verify and vet a manifest against the unit's policy and live gallery.
@@ -620,6 +612,29 @@ class GallerySync:
 
 
 # ------------------------------------------------------------- module helpers
+
+
+def read_status(layout: GalleryLayout, *, model_id: str | None = None,
+                clock: Callable[[], float] = time.time) -> GalleryState:
+    """The last recorded sync outcome, for the live gallery as it is now (no keys needed).
+
+    Raises:
+        SyncError: The live gallery cannot be read.
+    """
+    record = layout.read_record()
+    try:
+        live = layout.live_info()
+    except OSError as exc:
+        raise SyncError(str(exc)) from exc
+    outcome: Outcome = "ok"
+    if record.status == "failed":
+        outcome = "refused" if (record.message or "").startswith("refused") else "error"
+    status = record.status if record.status != "syncing" else "active"
+    if live is not None and status == "empty":
+        status = "active"
+    return GalleryState.of(live, outcome=outcome, status=status, reason=record.reason,
+                           message=record.message, model_id=model_id,
+                           now=record.updated_at or clock())
 
 
 def _iso(ts: float) -> str:
