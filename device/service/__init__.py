@@ -1,0 +1,14 @@
+"""The recognition service: configuration, per-frame stages, threads, health.
+
+* :mod:`device.service.thresholds` — the match threshold from a target false-match
+  rate (the seam the gallery calibration table plugs into);
+* :mod:`device.service.queue` — the bounded frame queue between capture and inference;
+* :mod:`device.service.stats` — latency histograms and rate meters;
+* :mod:`device.service.embedding` — the ``Aligner``/``Embedder`` Protocols the
+  pipeline runs against, and the dlib adapter;
+* :mod:`device.service.stages` — one frame through detect → quality → track → embed →
+  search → decide, without threads (the service and the benchmark share it);
+* :mod:`device.service.sink` — a decision becomes an audit record and an outbox row;
+* :mod:`device.service.health` — the health snapshot, the local health file, temperature;
+* :mod:`device.service.pipeline` — threads, queues, lifecycle, watchdog, signals.
+"""
