@@ -18,7 +18,15 @@ from device.events.localbroker import LocalBroker
 from device.gallery.sync.agent import AgentStats, SyncAgent
 from device.gallery.sync.config import SyncConfig
 from device.gallery.sync.mqtt import BrokerLogin, chunk_topic, manifest_topic, publish_bundle
-from tests.integration.sync_support import UNIT, Served, StateWatcher, World, http_server
+from tests.gallery_helpers import T0
+from tests.integration.sync_support import (
+    NOW,
+    UNIT,
+    Served,
+    StateWatcher,
+    World,
+    http_server,
+)
 
 WAIT = 20.0
 
@@ -36,11 +44,11 @@ class Harness:
             "unit_id": UNIT, "url": broker.url, "outbox_path": root / "outbox.sqlite3",
             "reconnect_min_s": 1, "reconnect_max_s": 2})
 
-    def agent(self, **config: Any) -> SyncAgent:
+    def agent(self, now: float = NOW, **config: Any) -> SyncAgent:
         settings: dict[str, Any] = {"chunk_window": 3}
         settings.update(config)
         sync_kw = {k: settings.pop(k) for k in ("allow_insecure_http",) if k in settings}
-        agent = SyncAgent(self.world.sync(**sync_kw), self.mqtt,
+        agent = SyncAgent(self.world.sync(now=now, **sync_kw), self.mqtt,
                           SyncConfig.model_validate({**settings, **sync_kw}))
         agent.start()
         self.agents.append(agent)
@@ -204,3 +212,18 @@ def test_payload_from_the_manifest_url(h: Harness) -> None:
         wait(agent, lambda s: s.applied == 1)
     assert served.ranges == [None]
     h.watcher.wait_for(active(1))
+
+
+def test_a_gallery_whose_manifest_expired_is_reported_stale(h: Harness) -> None:
+    """A broker writer who withholds new bundles cannot freeze the unit unnoticed."""
+    v1 = h.world.bundle(1, expires_in_s=2 * 3600)  # expires at T0 + 2 h; now is T0 + 1 h
+    assert h.world.sync().apply_dir(v1.directory).outcome == "ok"
+    fresh = h.agent()
+    h.watcher.wait_for(active(1))
+    assert fresh.stats().errors == 0
+    fresh.close()
+    later = h.agent(now=T0 + 3 * 3600)
+    wait(later, lambda s: s.errors == 1)
+    state = h.watcher.wait_for(lambda p: p["state"] == "failed")
+    assert state["message"].startswith("error (expired): the live gallery (version 1) expired")
+    assert state["version"] == 1  # still the gallery the unit matches with

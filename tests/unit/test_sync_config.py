@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from device.config import validate_mapping
 from device.errors import ConfigError
-from device.gallery.sync.config import SyncConfig
+from device.gallery.sync.config import SyncConfig, make_sync
+from device.gallery.sync.keys import generate_key
 from device.gallery.sync.mqtt import chunk_topic, gallery_base, manifest_topic, parse_chunk_topic
 
 
@@ -33,3 +36,16 @@ def test_topics() -> None:
         gallery_base("fleet")  # a unit called "fleet" would read the fleet's topics
     with pytest.raises(ConfigError):
         gallery_base("a/b")
+
+
+def test_make_sync_carries_the_section_into_the_policy(tmp_path: Path) -> None:
+    generate_key(tmp_path / "trusted", "a")
+    (tmp_path / "trusted" / "a.key").unlink()
+    config = SyncConfig(trusted_keys=str(tmp_path / "trusted"), max_payload_bytes=4096,
+                        allow_insecure_http=True, scrub_old_versions=False)
+    sync = make_sync(config, tmp_path / "gallery.db", unit_id="u1", model_id="m", dim=8)
+    assert (sync.policy.max_payload_bytes, sync.policy.allow_insecure_http) == (4096, True)
+    assert (sync.policy.unit_id, sync.layout.scrub, len(sync.trusted)) == ("u1", False, 1)
+    with pytest.raises(ConfigError, match="threshold 2"):
+        make_sync(SyncConfig(trusted_keys=str(tmp_path / "trusted"), threshold=2),
+                  tmp_path / "gallery.db", unit_id="u1", model_id="m", dim=8)

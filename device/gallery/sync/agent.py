@@ -154,6 +154,8 @@ class SyncAgent:
         self._retry: tuple[float, str, bytes] | None = None
         self._retry_delay = _RETRY_MIN_S
         self._last_state: bytes | None = None
+        self._expiry_at: float | None = None
+        self._expiry_reported: float | None = None
         self._connected = False
         self._client: mqtt.Client | None = None
         self._worker: threading.Thread | None = None
@@ -175,6 +177,7 @@ class SyncAgent:
                 return
         self.sync.recover()
         self._on_state(self.sync.status())
+        self._watch_expiry()
         client, address = make_client(self._login(), f"{self.mqtt_config.effective_client_id}"
                                       "-sync")
         client.on_connect = self._on_connect
@@ -359,7 +362,7 @@ class SyncAgent:
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(self._has_work, timeout=self._retry_wait())
+                self._cond.wait_for(self._has_work, timeout=self._next_wait())
                 if self._stop:
                     return
                 pending, self._pending = self._pending, {}
@@ -385,6 +388,20 @@ class SyncAgent:
                     for topic, raw in pending.items():
                         self._pending.setdefault(topic, raw)
                     self._schedule_retry(None, b"")
+            self._watch_expiry()
+
+    def _watch_expiry(self) -> None:
+        """Report a stale gallery once its manifest expires; remember the next deadline."""
+        expires = self.sync.expiry()
+        if expires is not None and expires <= self.sync.now():
+            if self._expiry_reported != expires:
+                result = self.sync.check_expiry()
+                if result is not None:
+                    self._record(result)
+                self._expiry_reported = expires
+            expires = None
+        with self._cond:
+            self._expiry_at = expires
 
     def _has_work(self) -> bool:
         t = self._transfer
@@ -392,10 +409,14 @@ class SyncAgent:
         return bool(self._stop or self._pending or self._events or due
                     or (t is not None and t.store.complete))
 
-    def _retry_wait(self) -> float | None:
-        if self._retry is None:
-            return None
-        return max(0.0, self._retry[0] - time.monotonic())
+    def _next_wait(self) -> float | None:
+        """Seconds until a retry or the live gallery's expiry is due (None: no deadline)."""
+        waits: list[float] = []
+        if self._retry is not None:
+            waits.append(self._retry[0] - time.monotonic())
+        if self._expiry_at is not None:  # re-checked at least hourly: clocks get set
+            waits.append(min(self._expiry_at - self.sync.now(), 3600.0))
+        return max(0.0, min(waits)) if waits else None
 
     def _schedule_retry(self, topic: str | None, raw: bytes) -> None:
         """Try a manifest again later, with doubling delays (cond held)."""

@@ -347,6 +347,31 @@ class GallerySync:
         with self._lock:
             return self._failed(kind, exc, manifest, self._safe_live())
 
+    def expiry(self) -> float | None:
+        """When the live gallery's manifest expires (None: not from a bundle, or no gallery)."""
+        live = self._safe_live()
+        return None if live is None or live.manifest is None else live.manifest.expires
+
+    def check_expiry(self) -> ApplyResult | None:
+        """Report the live gallery as stale once its manifest has expired.
+
+        Expired manifests are refused, but a broker writer who simply withholds new
+        ones would otherwise freeze the unit on its current gallery unnoticed (TUF's
+        freeze attack). Matching continues on it (dropping the watch list would hand
+        that same writer a denial of service); the state topic says it is stale.
+
+        Returns:
+            The reported outcome, or None while the live gallery is current.
+        """
+        with self._lock:
+            live = self._safe_live()
+            if live is None or live.manifest is None or live.manifest.expires > self.now():
+                return None
+            detail = (f"the live gallery (version {live.version}) expired at "
+                      f"{_iso(live.manifest.expires)} and no newer bundle has arrived; "
+                      "matching continues on it")
+            return self._failed("expired", SyncError(detail), live.manifest, live)
+
     def apply_dir(self, directory: Path) -> ApplyResult:
         """Apply a bundle directory (``manifest.json`` + ``payload``), e.g. from a USB stick.
 

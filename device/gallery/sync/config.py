@@ -1,11 +1,22 @@
-"""The ``[sync]`` configuration section: who to trust and how much to accept."""
+"""The ``[sync]`` configuration section (who to trust, how much to accept) and the
+factory that turns it into the unit's :class:`~device.gallery.sync.apply.GallerySync`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+
 from pydantic import Field
 
+from device.audit import AuditLog
 from device.config import Section
-from device.gallery.sync.apply import DEFAULT_MAX_PAYLOAD_BYTES
+from device.gallery.sync.apply import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    GallerySync,
+    SwitchListener,
+    SyncPolicy,
+)
+from device.gallery.sync.keys import TrustedKeys
 from device.gallery.sync.manifest import MAX_MANIFEST_BYTES
 
 
@@ -56,3 +67,40 @@ class SyncConfig(Section):
         default=True,
         description="Overwrite a superseded gallery file with zeros before deleting it.",
     )
+
+
+def make_sync(
+    config: SyncConfig,
+    gallery: Path,
+    *,
+    unit_id: str,
+    model_id: str,
+    dim: int,
+    audit: AuditLog | None = None,
+    on_switched: SwitchListener | None = None,
+    env: Mapping[str, str] | None = None,
+) -> GallerySync:
+    """The unit's :class:`GallerySync`, configured from the ``[sync]`` section.
+
+    Args:
+        config: The section.
+        gallery: The live gallery path.
+        unit_id: This unit's id.
+        model_id: The embedder the unit runs.
+        dim: Its embedding dimension.
+        audit: The audit log, if any.
+        on_switched: The pipeline's index reload (e.g. ``LiveGallery.on_switched``).
+        env: Environment for ``$CREDENTIALS_DIRECTORY`` (default ``os.environ``).
+
+    Raises:
+        ConfigError: The trusted keys are missing or fewer than the threshold.
+    """
+    policy = SyncPolicy(unit_id=unit_id, model_id=model_id, dim=dim,
+                        threshold=config.threshold,
+                        max_manifest_bytes=config.max_manifest_bytes,
+                        max_payload_bytes=config.max_payload_bytes,
+                        allow_insecure_http=config.allow_insecure_http,
+                        http_timeout_s=config.http_timeout_s)
+    return GallerySync(gallery, TrustedKeys.load(config.trusted_keys, env), policy,
+                       audit=audit, on_switched=on_switched,
+                       scrub=config.scrub_old_versions)
