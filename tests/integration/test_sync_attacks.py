@@ -306,6 +306,23 @@ def test_refusals_are_audited_once(unit: Unit, tmp_path: Path) -> None:
     assert kinds.count(AuditKind.SYNC_APPLIED) == 1
 
 
+def test_unsigned_garbage_cannot_flood_the_disk(unit: Unit, tmp_path: Path) -> None:
+    audit_path = tmp_path / "audit.db"
+
+    def never(manifest: Manifest, part: PartialPayload) -> Path:
+        raise AssertionError("nothing may be downloaded")
+
+    with AuditLog(audit_path) as audit:
+        sync = unit.sync()
+        sync.audit = audit
+        results = [sync.process(b"{not json %d" % i, never) for i in range(20)]
+    assert {r.reason for r in results} == {"malformed"}
+    assert sum(s.outcome == "refused" for s in unit.world.states) == 20  # all reported
+    kinds = [r.kind for r in read_records(audit_path)[1]]
+    assert kinds.count(AuditKind.SYNC_REFUSED) == 1  # but written once a minute at most
+    assert unit.world.snapshot() == unit.before
+
+
 # ------------------------------------------------------------------------ positives
 
 

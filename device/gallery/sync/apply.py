@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -53,6 +54,8 @@ from device.gallery.sync.transport import PAYLOAD_NAME, PartialPayload, copy_fil
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 256 * 1024 * 1024
+#: Refusals of unverified manifests reach the disk at most this often (seconds).
+UNVERIFIED_RECORD_INTERVAL_S: Final = 60.0
 _HASH_BLOCK: Final = 1 << 20
 
 #: Produces the verified payload file, given the manifest and the staging file.
@@ -160,6 +163,7 @@ class GallerySync:
         self._clock = clock
         self._cp = checkpoint
         self._lock = threading.Lock()
+        self._last_unverified_record = -math.inf
 
     # -------------------------------------------------------------- helpers
 
@@ -218,24 +222,6 @@ class GallerySync:
             SyncError: The live gallery cannot be read.
         """
         return read_status(self.layout, model_id=self.policy.model_id, clock=self._clock)
-
-    def check(self, raw: bytes) -> Manifest:
-        """Parse, verify and vet a manifest against the unit's policy and live gallery.
-
-        Returns:
-            The manifest, when it should be applied.
-
-        Raises:
-            SyncRefusedError: For every reason a manifest is refused.
-            SyncError: The live gallery cannot be read, or the unit's model is unknown.
-        """
-        manifest = self._verified(raw)
-        try:
-            self._vet(manifest, self._live())
-        except _AlreadyCurrentError as exc:
-            raise SyncRefusedError(Reason.ROLLBACK, f"version {manifest.version} is already "
-                                   "live") from exc
-        return manifest
 
     def _verified(self, raw: bytes) -> Manifest:
         manifest = parse_manifest(raw, max_bytes=self.policy.max_manifest_bytes)
@@ -578,6 +564,22 @@ class GallerySync:
         return ApplyResult("current", version, version, live.digest if live else None, None,
                            None, state)
 
+    def _may_record(self, manifest: Manifest | None) -> bool:
+        """Whether a refusal may be written to disk (state file, audit log).
+
+        Anyone who can write to the broker can send unsigned garbage as fast as the
+        broker forwards it; refusals of manifests that never verified are written at
+        most once per :data:`UNVERIFIED_RECORD_INTERVAL_S` (they are still logged and
+        published), so they cannot wear out an SD card or flood the audit log.
+        """
+        if manifest is not None:
+            return True
+        now = self._clock()
+        if now - self._last_unverified_record < UNVERIFIED_RECORD_INTERVAL_S:
+            return False
+        self._last_unverified_record = now
+        return True
+
     def _remember(self, status: str, reason: str, message: str) -> bool:
         """Store the last failure; False when it repeats the stored one (a flood)."""
         record = self.layout.read_record()
@@ -596,7 +598,8 @@ class GallerySync:
         version = live.version if live else 0
         logger.warning("gallery bundle%s refused: %s",
                        f" version {manifest.version}" if manifest else "", message)
-        if self._remember("failed", exc.reason.value, message) and self.audit is not None:
+        if self._may_record(manifest) and self._remember(
+                "failed", exc.reason.value, message) and self.audit is not None:
             try:
                 self.audit.record_sync_refused(
                     to_version=manifest.version if manifest else None,
