@@ -677,6 +677,29 @@ class GalleryStore:
                                 (label.strip(),)).fetchall()
         return tuple(_identity(r) for r in rows)
 
+    def find_images(self, image_sha256s: Sequence[str]) -> dict[str, str]:
+        """Which source images are already enrolled, and for which identity.
+
+        Args:
+            image_sha256s: sha256 hex digests of image files.
+
+        Returns:
+            Lower-case digest → identity id, for each digest found.
+
+        Raises:
+            GalleryError: If the store is closed or the file unreadable.
+        """
+        wanted = sorted({str(s).lower() for s in image_sha256s})
+        found: dict[str, str] = {}
+        with self._read() as conn:
+            for chunk in _chunks(wanted):
+                marks = ",".join("?" * len(chunk))
+                for sha, identity_id in conn.execute(
+                        f"SELECT image_sha256, identity_id FROM faces WHERE image_sha256 IN "
+                        f"({marks}) ORDER BY id", chunk):
+                    found.setdefault(str(sha), str(identity_id))
+        return found
+
     def faces(self, identity_id: str) -> tuple[FaceRecord, ...]:
         """An identity's faces, oldest first.
 
