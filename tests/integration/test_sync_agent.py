@@ -227,3 +227,18 @@ def test_a_gallery_whose_manifest_expired_is_reported_stale(h: Harness) -> None:
     state = h.watcher.wait_for(lambda p: p["state"] == "failed")
     assert state["message"].startswith("error (expired): the live gallery (version 1) expired")
     assert state["version"] == 1  # still the gallery the unit matches with
+
+
+def test_state_through_the_event_publisher(h: Harness) -> None:
+    """With the pipeline's Publisher given, state goes out on its connection."""
+    from device.events.mqtt import Publisher
+
+    with Publisher(h.mqtt) as publisher:
+        agent = SyncAgent(h.world.sync(), h.mqtt, SyncConfig(), state_publisher=publisher)
+        agent.start()
+        h.agents.append(agent)
+        v1 = h.world.bundle(1)
+        publish_bundle(v1.directory, h.login)
+        wait(agent, lambda s: s.applied == 1)
+        h.watcher.wait_for(active(1))
+        agent.close()
