@@ -124,3 +124,16 @@ def test_index_that_cannot_load_the_new_gallery_switches_back(tmp_path: Path) ->
     assert sync.apply_dir(v2.directory).outcome == "ok"
     assert live.current().version == 2
     live.close()
+
+
+def test_refresh_picks_up_a_switch_made_by_another_process(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    assert world.sync().apply_dir(world.bundle(1).directory).outcome == "ok"
+    live = LiveGallery.open(world.unit_db)
+    assert not live.refresh(world.unit_db)
+    world.edit()
+    assert world.sync().apply_dir(world.bundle(2).directory).outcome == "ok"  # "the CLI"
+    assert live.current().version == 1
+    assert live.refresh(world.unit_db)
+    assert live.current().version == 2 and not live.refresh(world.unit_db)
+    live.close()

@@ -39,7 +39,7 @@ class ActiveGallery:
         model_id: Its embedder.
         index: The search index over its faces.
         labels: Identity id -> display label.
-        path: The file it was loaded from.
+        path: The file it was loaded from (symlinks resolved).
     """
 
     version: int
@@ -65,7 +65,7 @@ def load_gallery(path: Path, *, model_id: str | None = None, dim: int | None = N
         GalleryIndex.build(matrix.face_ids, matrix.identity_ids, matrix.matrix,
                            precision=precision))
     return ActiveGallery(meta.version, meta.gallery_id, meta.model_id, index,
-                         MappingProxyType(labels), path)
+                         MappingProxyType(labels), path.resolve())
 
 
 class LiveGallery:
@@ -125,6 +125,26 @@ class LiveGallery:
             retired.close()
         logger.info("search index now on gallery version %d (%d faces)", version,
                     len(loaded.index))
+
+    def refresh(self, live: Path) -> bool:
+        """Reload when ``live`` now resolves to another file than the active gallery's.
+
+        For switches made by another process (``facegate sync apply`` from a USB stick
+        while the service runs): call it now and then (it costs one ``readlink``).
+
+        Returns:
+            True when a new gallery was loaded.
+
+        Raises:
+            GalleryError: The new file cannot be loaded; the old gallery stays current.
+        """
+        target = live.resolve()
+        if target == self._active.path or not target.is_file():
+            return False
+        with GalleryStore(target, model_id=self._model_id, dim=self._dim) as store:
+            version = store.metadata().version
+        self.on_switched(target, version)
+        return True
 
     def close(self) -> None:
         """Close the indexes (idempotent)."""
