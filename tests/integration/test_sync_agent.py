@@ -3,7 +3,9 @@ chunks, applied, state reported; resumption; forged chunks; hostile manifests.""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,3 +244,20 @@ def test_state_through_the_event_publisher(h: Harness) -> None:
         wait(agent, lambda s: s.applied == 1)
         h.watcher.wait_for(active(1))
         agent.close()
+
+
+def test_a_busy_gallery_is_retried_not_dropped(h: Harness) -> None:
+    """While another process (here: this test) applies a bundle, the agent waits."""
+    agent = h.agent(retry_min_s=0.05)
+    h.watcher.wait_for(lambda p: p["state"] == "empty")
+    fd = os.open(h.world.layout.root / "lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        v1 = h.world.bundle(1)
+        publish_bundle(v1.directory, h.login)
+        wait(agent, lambda s: s.manifests == 1)
+        assert agent.stats().applied == 0
+    finally:
+        os.close(fd)  # the other apply is done
+    wait(agent, lambda s: s.applied == 1)
+    h.watcher.wait_for(active(1))

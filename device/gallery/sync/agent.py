@@ -64,8 +64,6 @@ from device.gallery.sync.transport import ChunkStore, PartialPayload
 logger = logging.getLogger(__name__)
 
 _PACKET_HEADROOM: Final = 64 * 1024
-_RETRY_MIN_S: Final = 5.0
-_RETRY_MAX_S: Final = 600.0
 
 
 class StatePublisher(Protocol):
@@ -142,6 +140,7 @@ class SyncAgent:
         self._manifest_topics = {manifest_topic(None): gallery_base(None)}
         if self.config.unit_override:
             self._manifest_topics[manifest_topic(self.unit)] = gallery_base(self.unit)
+        self._topic_of = {base: topic for topic, base in self._manifest_topics.items()}
         self._state_publisher = state_publisher
         self._env = env
         self._cond = threading.Condition()
@@ -151,8 +150,9 @@ class SyncAgent:
         self._transfer: _Transfer | None = None
         self._stats = AgentStats()
         self._stop = False
-        self._retry: tuple[float, str, bytes] | None = None
-        self._retry_delay = _RETRY_MIN_S
+        self._retry_at: float | None = None
+        self._retry_items: dict[str, bytes] = {}
+        self._retry_delay = self.config.retry_min_s
         self._last_state: bytes | None = None
         self._expiry_at: float | None = None
         self._expiry_reported: float | None = None
@@ -370,24 +370,26 @@ class SyncAgent:
                 self._events.clear()
                 ready = self._transfer if (self._transfer and self._transfer.store.complete
                                            ) else None
-                retry = self._retry if (self._retry and self._retry[0] <= time.monotonic()
-                                        ) else None
-                if retry is not None:
-                    self._retry = None
-                    pending.setdefault(retry[1], retry[2])
-            try:
-                for exc, manifest in events:
-                    self._record(self.sync.report_refused(exc, manifest))
-                for topic in sorted(pending, key=lambda t: t != manifest_topic(None)):
+                if self._retry_at is not None and self._retry_at <= time.monotonic():
+                    self._retry_at = None
+                    for topic, raw in self._retry_items.items():
+                        pending.setdefault(topic, raw)
+                    self._retry_items = {}
+            for exc, manifest in events:
+                self._record(self.sync.report_refused(exc, manifest))
+            for topic in sorted(pending, key=lambda t: t != manifest_topic(None)):
+                try:
                     self._handle_manifest(topic, pending[topic])
-                if ready is not None:
+                except SyncError as exc:  # another process holds the gallery lock
+                    logger.warning("%s; trying again later", exc)
+                    self._schedule_retry(topic, pending[topic])
+            if ready is not None:
+                try:
                     self._finish(ready)
-            except SyncError as exc:  # another process holds the gallery lock
-                logger.warning("%s", exc)
-                with self._cond:
-                    for topic, raw in pending.items():
-                        self._pending.setdefault(topic, raw)
-                    self._schedule_retry(None, b"")
+                except SyncError as exc:
+                    logger.warning("%s; trying again later", exc)
+                    topic = self._topic_of[ready.base]
+                    self._schedule_retry(topic, ready.manifest.encode())
             self._watch_expiry()
 
     def _watch_expiry(self) -> None:
@@ -405,25 +407,27 @@ class SyncAgent:
 
     def _has_work(self) -> bool:
         t = self._transfer
-        due = self._retry is not None and self._retry[0] <= time.monotonic()
+        due = self._retry_at is not None and self._retry_at <= time.monotonic()
         return bool(self._stop or self._pending or self._events or due
                     or (t is not None and t.store.complete))
 
     def _next_wait(self) -> float | None:
         """Seconds until a retry or the live gallery's expiry is due (None: no deadline)."""
         waits: list[float] = []
-        if self._retry is not None:
-            waits.append(self._retry[0] - time.monotonic())
+        if self._retry_at is not None:
+            waits.append(self._retry_at - time.monotonic())
         if self._expiry_at is not None:  # re-checked at least hourly: clocks get set
             waits.append(min(self._expiry_at - self.sync.now(), 3600.0))
         return max(0.0, min(waits)) if waits else None
 
-    def _schedule_retry(self, topic: str | None, raw: bytes) -> None:
-        """Try a manifest again later, with doubling delays (cond held)."""
-        if topic is not None:
-            self._retry = (time.monotonic() + self._retry_delay, topic, raw)
-        self._retry_delay = min(self._retry_delay * 2, _RETRY_MAX_S)
-        self._cond.notify_all()
+    def _schedule_retry(self, topic: str, raw: bytes) -> None:
+        """Try a manifest again later, with doubling delays."""
+        with self._cond:
+            self._retry_items[topic] = raw
+            if self._retry_at is None:
+                self._retry_at = time.monotonic() + self._retry_delay
+                self._retry_delay = min(self._retry_delay * 2, self.config.retry_max_s)
+            self._cond.notify_all()
 
     def _record(self, result: ApplyResult) -> None:
         counter = {"ok": "applied", "refused": "refused", "error": "errors"}.get(result.outcome)
@@ -432,7 +436,7 @@ class SyncAgent:
                 self._count(**{counter: 1})
             self._set(last=result)
             if result.outcome == "ok":
-                self._retry_delay = _RETRY_MIN_S
+                self._retry_delay = self.config.retry_min_s
 
     def _handle_manifest(self, topic: str, raw: bytes) -> None:
         if not raw:
@@ -459,8 +463,7 @@ class SyncAgent:
             result = self.sync.apply(manifest, self.sync.fetch_url)
             self._record(result)
             if result.outcome == "error" and result.reason == "download":
-                with self._cond:
-                    self._schedule_retry(topic, raw)
+                self._schedule_retry(topic, raw)
             return
         self._begin(manifest, self._manifest_topics[topic])
 

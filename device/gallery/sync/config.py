@@ -63,6 +63,14 @@ class SyncConfig(Section):
         default=8, ge=1, le=256,
         description="MQTT chunks subscribed at once (bounds memory and broker queues).",
     )
+    retry_min_s: float = Field(
+        default=5.0, gt=0, le=3600,
+        description="First delay before retrying a failed download or a busy gallery, seconds.",
+    )
+    retry_max_s: float = Field(
+        default=600.0, gt=0, le=86400,
+        description="Longest retry delay, seconds (the delay doubles per failure).",
+    )
     scrub_old_versions: bool = Field(
         default=True,
         description="Overwrite a superseded gallery file with zeros before deleting it.",
