@@ -10,7 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mosquitto mosquitto-clients)
+# systemd: systemd-analyze, which tests/integration/test_systemd.py runs on the unit files.
+APT_PACKAGES=(mosquitto mosquitto-clients systemd)
 if [[ "${FACEGATE_SKIP_APT:-0}" != 1 && $(id -u) == 0 ]]; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do
