@@ -178,11 +178,46 @@ def verify_file(path: Path, expected_sha256: str, what: str) -> None:
         )
 
 
+def installer_pin(spec: ModelSpec, cache_dir: Path | None = None) -> str:
+    """The sha256 an installer pinned at provisioning for a ``url`` model the manifest leaves
+    unpinned (``<file>.sha256`` beside the model in the cache), or ``""``.
+
+    Coral's detector is the case: no trusted hash of it could be checked when the manifest
+    was written, so ``provision-unit.sh --coral-sha256 HASH`` records the installer's and
+    the unit verifies against that. A manifest pin, when present, always wins.
+    """
+    if spec.sha256 or spec.source != "url":
+        return ""
+    pin_file = resolve(spec, cache_dir).with_name(Path(spec.path).name + ".sha256")
+    try:
+        text = pin_file.read_text(encoding="ascii").split()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    pin = text[0].lower() if text else ""
+    return pin if len(pin) == 64 and all(c in "0123456789abcdef" for c in pin) else ""
+
+
+def effective_sha256(spec: ModelSpec, cache_dir: Path | None = None) -> str:
+    """The hash a model file must have: the manifest's pin, else the installer's."""
+    return spec.sha256 or installer_pin(spec, cache_dir)
+
+
 def verified_path(
     model_id: str, cache_dir: Path | None = None, manifest: dict[str, ModelSpec] | None = None
 ) -> Path:
-    """Resolve a model by id and check its hash; the path is safe to load."""
+    """Resolve a model by id and check its hash; the path is safe to load.
+
+    Raises:
+        ModelError: Unknown id, no pin at all, file missing, or hash mismatch.
+    """
     spec = get_spec(model_id, manifest)
+    pin = effective_sha256(spec, cache_dir)
+    if not pin:
+        raise ModelError(
+            f"model {model_id}: the manifest pins no sha256 and no installer pin was "
+            "recorded, so its file cannot be verified and is refused; provision with "
+            "--coral-sha256 HASH taken from a source you trust"
+        )
     path = resolve(spec, cache_dir)
     if spec.source == "build" and not path.exists():
         raise ModelError(
@@ -194,6 +229,6 @@ def verified_path(
             f"model {model_id} is not downloaded (expected {path}); units fetch it at "
             f"provisioning from {spec.url}"
         )
-    verify_file(path, spec.sha256, f"model {model_id}")
+    verify_file(path, pin, f"model {model_id}")
     logger.debug("model %s verified at %s", model_id, path)
     return path

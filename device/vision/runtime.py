@@ -124,18 +124,12 @@ def verified_model_path(
     cache_dir: Path | None = None,
     manifest: dict[str, model_manifest.ModelSpec] | None = None,
 ) -> Path:
-    """Resolve and hash-check a model, refusing entries without a pinned sha256.
+    """Resolve and hash-check a model, refusing entries without a pinned sha256
+    (the manifest's, or for a ``url`` model the installer's: see ``models.installer_pin``).
 
     Raises:
         ModelError: Unknown id, no pin, file missing, or hash mismatch.
     """
-    spec = model_manifest.get_spec(model_id, manifest)
-    if not spec.sha256.strip():
-        raise ModelError(
-            f"model {model_id}: the manifest pins no sha256, so its file cannot be "
-            "verified and is refused; add the file's sha256 to models/manifest.toml "
-            "once it has been checked against a trusted copy"
-        )
     return model_manifest.verified_path(model_id, cache_dir=cache_dir, manifest=manifest)
 
 

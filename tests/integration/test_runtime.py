@@ -83,6 +83,31 @@ def test_an_empty_pin_is_refused(tmp_path: Path, full_model: Path) -> None:
         ModelRuntime("blazeface-full", cache_dir=tmp_path, manifest=manifest)
 
 
+def test_an_installer_pin_unlocks_an_unpinned_url_model(tmp_path: Path, full_model: Path) -> None:
+    """provision-unit.sh --coral-sha256 records <file>.sha256 in the cache; the runtime honours
+    it only where the manifest has no pin, and still checks the bytes against it."""
+    shutil.copyfile(full_model, tmp_path / "model.tflite")
+    manifest = _manifest(tmp_path, "model.tflite", "")
+    pin = tmp_path / "model.tflite.sha256"
+    pin.write_text(model_manifest.sha256_file(full_model) + "  model.tflite\n")
+    with ModelRuntime("blazeface-full", cache_dir=tmp_path, manifest=manifest) as rt:
+        assert rt is not None
+    pin.write_text("0" * 64 + "\n")
+    with pytest.raises(ModelError, match="truncated, corrupted"):
+        ModelRuntime("blazeface-full", cache_dir=tmp_path, manifest=manifest)
+    pin.write_text("not a hash\n")
+    with pytest.raises(ModelError, match="pins no sha256"):
+        ModelRuntime("blazeface-full", cache_dir=tmp_path, manifest=manifest)
+
+
+def test_a_manifest_pin_wins_over_an_installer_pin(tmp_path: Path, full_model: Path) -> None:
+    shutil.copyfile(full_model, tmp_path / "model.tflite")
+    manifest = _manifest(tmp_path, "model.tflite", "1" * 64)
+    (tmp_path / "model.tflite.sha256").write_text(model_manifest.sha256_file(full_model))
+    with pytest.raises(ModelError, match="truncated, corrupted"):
+        ModelRuntime("blazeface-full", cache_dir=tmp_path, manifest=manifest)
+
+
 def test_the_wrong_blazeface_variant_is_refused(tmp_path: Path) -> None:
     short = model_manifest.verified_path("blazeface-short")
     shutil.copyfile(short, tmp_path / "model.tflite")
