@@ -37,3 +37,4 @@ from device.cli import keys_cmd  # noqa: E402,F401  # isort: skip
 from device.cli import sync_cmd  # noqa: E402,F401  # isort: skip
 from device.cli import doctor_cmd  # noqa: E402,F401  # isort: skip
 from device.cli import run_cmd  # noqa: E402,F401  # isort: skip
+from device.cli import bench_pipeline  # noqa: E402,F401  # isort: skip
