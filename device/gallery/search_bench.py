@@ -9,14 +9,12 @@ the methods, so that background load on a shared machine falls on all of them al
 Recall@1 is against an exact float64 search over the same float32 vectors.
 
 The **memory floor** is the time to stream the float32 matrix through memory once,
-measured in the same run by two read-only passes; the faster p50 is the floor:
+measured in the same rounds as the methods by two read-only passes; the faster p50
+is the floor:
 
 * ``floor-read``: a compiled sum over the matrix, split across the same threads and
-  slices as a search (reads every byte, writes one float per slice), timed in the
-  same rounds as the methods;
-* ``floor-blas``: BLAS ``sgemv`` with a vector of ones (OpenBLAS's own threads),
-  timed in a block after the rounds, because OpenBLAS's threads keep spinning after
-  each call and would tax whichever method ran next.
+  slices as a search (reads every byte, writes one float per slice);
+* ``floor-blas``: BLAS ``sgemv`` with a vector of ones (OpenBLAS's own threads).
 
 A float32 search cannot be faster than one read of its matrix; ``p50 / floor`` says
 how close it gets.
@@ -287,25 +285,23 @@ def _run_size(
         methods["faiss-sq8"] = _faiss_search(sq, k)
 
     stream = _Stream(gallery, threads)
-    # The read pass runs in the round-robin with the methods. BLAS sgemv runs in a
-    # block of its own afterwards: OpenBLAS's worker threads keep spinning for a while
-    # after each call, which would tax whichever method ran next.
-    interleaved: dict[str, Callable[[], None]] = {}
+    floors: dict[str, Callable[[], None]] = {"floor-blas": stream.blas}
     if stream.kernels is not None:
-        interleaved["floor-read"] = stream.read
-    names = list(interleaved) + list(methods)
-    times: dict[str, list[float]] = {m: [] for m in [*names, "floor-blas"]}
+        floors["floor-read"] = stream.read
+    names = list(floors) + list(methods)
+    times: dict[str, list[float]] = {m: [] for m in names}
     found: dict[str, list[int]] = {m: [] for m in methods}
     order_rng = np.random.default_rng(seed + 2)
     try:
         for i in range(-warmup, n_queries):
             q = qs[i % n_queries]
-            # A fresh order each round, so no method always follows the same other one.
+            # A fresh order each round: no method always follows the same other one
+            # (OpenBLAS's and faiss's threads spin for a while after each call).
             for j in order_rng.permutation(len(names)):
                 m = names[j]
                 t0 = time.perf_counter()
-                if m in interleaved:
-                    interleaved[m]()
+                if m in floors:
+                    floors[m]()
                     dt = time.perf_counter() - t0
                 else:
                     row = methods[m](q)
@@ -314,17 +310,12 @@ def _run_size(
                         found[m].append(row)
                 if i >= 0:
                     times[m].append(dt * 1e3)
-        for i in range(-warmup, min(n_queries, 100)):
-            t0 = time.perf_counter()
-            stream.blas()
-            if i >= 0:
-                times["floor-blas"].append((time.perf_counter() - t0) * 1e3)
     finally:
         stream.close()
         for index in indexes:
             index.close()
 
-    floor_p50 = {m: float(np.median(times[m])) for m in [*interleaved, "floor-blas"]}
+    floor_p50 = {m: float(np.median(times[m])) for m in floors}
     best = min(floor_p50, key=lambda m: floor_p50[m])
     floor = floor_p50[best]
     nbytes = gallery.nbytes
