@@ -61,16 +61,23 @@ def read_temperature(path: Path | None) -> float | None:
     return round(value, 1) if -60.0 <= value <= 150.0 else None
 
 
-def camera_state(health: SourceHealth, *, now: float, stall_after_s: float) -> str:
-    """The health schema's camera state: running, stalled, failed or stopped."""
+def camera_state(health: SourceHealth, *, idle_s: float | None, stall_after_s: float) -> str:
+    """The health schema's camera state: running, stalled, failed or stopped.
+
+    Args:
+        health: The source's own report.
+        idle_s: Seconds since the camera's last frame arrived (``None``: none yet). A
+            source's ``last_frame_at`` is the frame's timestamp, which for a replayed
+            file is media time, so the caller measures arrivals itself.
+        stall_after_s: A running camera idle for longer than this is stalled.
+    """
     if health.state is SourceState.FAILED:
         return "failed"
     if health.state in (SourceState.ENDED, SourceState.CLOSED):
         return "stopped"
     if health.state is SourceState.RECONNECTING:
         return "stalled"
-    last = health.last_frame_at
-    if health.state is SourceState.RUNNING and last is not None and now - last > stall_after_s:
+    if health.state is SourceState.RUNNING and idle_s is not None and idle_s > stall_after_s:
         return "stalled"
     return "running"
 

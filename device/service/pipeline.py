@@ -465,10 +465,11 @@ class RecognitionService:
                          "last_error": self._open_failures[camera_id][:500]}
             else:
                 h = sources.get(camera_id)
-                if h is None:
-                    continue
+                if h is None:  # not opened yet (start-up) or never started
+                    h = SourceHealth(camera_id, "", SourceState.CLOSED)
                 entry = {
-                    "state": camera_state(h, now=now, stall_after_s=cfg.health.stall_after_s),
+                    "state": camera_state(h, idle_s=self.queue.idle_s(camera_id),
+                                          stall_after_s=cfg.health.stall_after_s),
                     "fps": round(self.queue.arrival_rate(camera_id), 2),
                     "frames": h.frames_read,
                     "frames_dropped": stats.dropped_by_camera.get(camera_id, 0),

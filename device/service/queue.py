@@ -47,6 +47,7 @@ class PipelineQueue(FrameQueue):
         self._closed = False
         self._rate_window = rate_window_s
         self._rates: dict[str, RateMeter] = {}
+        self._last: dict[str, float] = {}
 
     def arrival_rate(self, camera_id: str) -> float:
         """Frames per second offered by ``camera_id`` over the rate window."""
@@ -54,9 +55,16 @@ class PipelineQueue(FrameQueue):
             meter = self._rates.get(camera_id)
         return meter.rate() if meter is not None else 0.0
 
+    def idle_s(self, camera_id: str) -> float | None:
+        """Seconds since ``camera_id`` last offered a frame; ``None`` if it never did."""
+        with self._stamp_lock:
+            last = self._last.get(camera_id)
+        return None if last is None else time.monotonic() - last
+
     def _arrived(self, frame: Frame, now: float) -> None:
         with self._stamp_lock:
             self._stamps[(frame.camera_id, frame.seq)] = now
+            self._last[frame.camera_id] = now
             meter = self._rates.get(frame.camera_id)
             if meter is None:
                 meter = self._rates[frame.camera_id] = RateMeter(self._rate_window)

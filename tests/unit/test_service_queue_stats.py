@@ -72,6 +72,9 @@ def test_arrival_rate_per_camera() -> None:
         q.put(_frame(seq, "a"))
     assert q.arrival_rate("a") > 0
     assert q.arrival_rate("b") == 0.0
+    idle = q.idle_s("a")
+    assert idle is not None and 0 <= idle < 5
+    assert q.idle_s("b") is None
 
 
 def test_bad_policy_is_refused() -> None:
