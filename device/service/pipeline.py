@@ -451,7 +451,6 @@ class RecognitionService:
     def health(self) -> dict[str, Any]:
         """The pipeline's part of the ``facegate/health/1`` payload (any thread)."""
         cfg = self.config
-        now = time.time()
         stats = self.queue.stats()
         sources = self._camera_health()
         processor = self._processor
