@@ -23,6 +23,7 @@ from types import MappingProxyType
 import numpy as np
 
 from device.gallery.index import GalleryIndex, Precision
+from device.gallery.store import GalleryStore
 from device.gallery.sync.live import ActiveGallery, LiveGallery
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def open_gallery(path: Path | None, *, model_id: str, dim: int,
         logger.warning("no gallery at %s yet: every face is unknown until one is enrolled "
                        "or synced", path)
     empty = ActiveGallery(0, "", model_id, GalleryIndex(dim, precision=precision),
-                          MappingProxyType({}), path or Path(""))
+                          MappingProxyType({}), Path(""))
     return LiveGallery(empty, model_id=model_id, dim=dim, precision=precision)
 
 
@@ -63,3 +64,50 @@ def gallery_version(live: LiveGallery) -> int | None:
     """The version being searched; ``None`` while no gallery file has been loaded."""
     active = live.current()
     return active.version if active.gallery_id else None
+
+
+class GalleryWatcher:
+    """Reloads the live gallery when its file changes under the running service.
+
+    A sync run by this service calls ``on_switched`` itself; this catches the rest:
+    ``facegate gallery enroll``/``delete`` writing the same file (its ``revision``
+    moves), and ``facegate sync apply`` in another process switching the file the
+    gallery path resolves to. :meth:`check` costs one small SQLite read.
+
+    Args:
+        live: The live gallery to reload.
+        path: The configured gallery path (a file, or the sync's symlink).
+        model_id: Refuse files of another model.
+        dim: Refuse files of another dimension.
+    """
+
+    def __init__(self, live: LiveGallery, path: Path, *, model_id: str, dim: int) -> None:
+        self._live = live
+        self._path = path
+        self._model_id = model_id
+        self._dim = dim
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[Path, int, int] | None:
+        target = self._path.resolve()
+        if not target.is_file():
+            return None
+        with GalleryStore(target, model_id=self._model_id, dim=self._dim) as store:
+            meta = store.metadata()
+        return target, meta.version, meta.revision
+
+    def check(self) -> bool:
+        """Reload if the file, its version or its revision changed; True when reloaded.
+
+        Raises:
+            GalleryError: The changed file cannot be loaded (the old gallery stays).
+        """
+        stamp = self._stamp()  # read before loading: a later write is caught next time
+        if stamp is None or stamp == self._seen:
+            return False
+        target, version, revision = stamp
+        self._live.on_switched(target, version)
+        self._seen = stamp
+        logger.info("gallery %s changed (version %d, revision %d): reloaded", target,
+                    version, revision)
+        return True

@@ -50,7 +50,7 @@ from device.events.schema import format_timestamp
 from device.gallery.sync.agent import SyncAgent
 from device.gallery.sync.config import make_sync
 from device.gallery.sync.live import LiveGallery
-from device.service.gallery import gallery_version, open_gallery
+from device.service.gallery import GalleryWatcher, gallery_version, open_gallery
 from device.service.health import (
     camera_state,
     read_temperature,
@@ -156,6 +156,7 @@ class RecognitionService:
         self._publisher: Publisher | None = None
         self._sink: DecisionSink | None = None
         self._sync_agent: SyncAgent | None = None
+        self._gallery_watch: GalleryWatcher | None = None
         self._processor: FrameProcessor | None = None
         self._runner: CameraRunner | None = None
         self._sources: list[FrameSource] = []
@@ -214,6 +215,8 @@ class RecognitionService:
             sync.recover()  # a crash mid-switch is repaired before the gallery is read
         self._gallery = open_gallery(cfg.gallery_path, model_id=model_id, dim=dim,
                                      precision=cfg.gallery.precision)
+        self._gallery_watch = GalleryWatcher(self._gallery, cfg.gallery_path,
+                                             model_id=model_id, dim=dim)
         self._processor = FrameProcessor(
             self._detector, self._embedder, self._gallery, threshold=self.threshold.value,
             quality=cfg.quality, tracking=cfg.tracking, decision=cfg.decision,
@@ -542,6 +545,11 @@ class RecognitionService:
                 self._write_health()
             except OSError as exc:
                 logger.warning("health file %s not written: %s", cfg.health_path, exc)
+            if self._gallery_watch is not None:
+                try:
+                    self._gallery_watch.check()
+                except DeviceError as exc:
+                    logger.error("changed gallery not loaded (the old one stays): %s", exc)
             if time.monotonic() >= next_head and self._audit and self._publisher:
                 next_head = time.monotonic() + cfg.audit.head_interval_s
                 with contextlib.suppress(DeviceError):

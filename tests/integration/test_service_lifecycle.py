@@ -35,10 +35,15 @@ TEMPLATE = AlignTemplate(
 
 
 class GatedDetector:
-    """Finds one face per frame; frame ``hang_at`` blocks until ``release`` is set."""
+    """Finds one face per frame; frame ``hang_at`` blocks until ``release`` is set.
 
-    def __init__(self, hang_at: int | None = None) -> None:
+    With ``blink``, the face is there for ``blink`` frames, then gone for as many plus
+    twelve (longer than the tracker's max_age): a new track each time.
+    """
+
+    def __init__(self, hang_at: int | None = None, blink: int | None = None) -> None:
         self.hang_at = hang_at
+        self.blink = blink
         self.calls = 0
         self.hanging = threading.Event()
         self.release = threading.Event()
@@ -48,6 +53,8 @@ class GatedDetector:
         if self.calls == self.hang_at:
             self.hanging.set()
             self.release.wait(30)
+        if self.blink and self.calls % (2 * self.blink + 12) >= self.blink:
+            return []
         x, y, side = 100.0, 60.0, 100.0
         kps = ((130.0, 95.0), (170.0, 95.0), (150.0, 115.0), (150.0, 135.0), (102.0, 105.0),
                (198.0, 105.0))
@@ -184,3 +191,30 @@ def test_a_broker_refusing_credentials_is_reported_and_frames_keep_flowing(
             assert "refused credentials" in health["mqtt"]["last_error"]
             assert health["pipeline"]["frames_processed"] > 0
             service.request_stop("test over")
+
+
+def test_a_gallery_written_while_running_is_picked_up(
+    tmp_path: Path, broker: LocalBroker
+) -> None:
+    from device.gallery.records import NewFace, NewIdentity
+    from device.gallery.store import GalleryStore
+    from tests.integration.events_support import Collector
+
+    config = _config(tmp_path, broker.url, _frames(tmp_path / "frames", 1000))
+    with Collector(broker.host, broker.port, ["facegate/unit-1/+/match"]) as collector:
+        assert collector.wait_subscribed()
+        with RecognitionService(config, detector=GatedDetector(blink=6),
+                                embedder=TinyEmbedder()) as service:
+            assert service.gallery is not None
+            assert service.gallery.current().version == 0  # no gallery file yet
+            # `facegate gallery enroll` in another process, while the service runs:
+            with GalleryStore(config.gallery_path, model_id="tiny", dim=8,
+                              create=True) as store:
+                vector = Embedding(np.eye(8, dtype=np.float32)[1], "tiny")
+                store.add_identity_with_faces(NewIdentity(label="Ada", id="id-a"),
+                                              [NewFace(vector, 1.0, "ab" * 32)])
+                store.bump_version(5)
+            assert collector.wait_for(bool, 30)
+            service.request_stop("test over")
+    event = collector.messages[0].json()
+    assert event["identity_id"] == "id-a" and event["gallery_version"] == 5
