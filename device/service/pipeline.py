@@ -44,7 +44,7 @@ from device.audit import AuditLog
 from device.camera import CameraRunner, FrameSource, SourceHealth, SourceState, open_source
 from device.decision import TrackEnded, UnknownTrack
 from device.errors import DeviceError
-from device.events.mqtt import Publisher
+from device.events.mqtt import ConnectionState, Publisher
 from device.events.notify import Notifier
 from device.events.schema import format_timestamp
 from device.gallery.sync.agent import SyncAgent
@@ -318,7 +318,8 @@ class RecognitionService:
         if self._sync_agent is not None:
             self._sync_agent.close()
         if self._publisher is not None and self._sink is not None:
-            self._publisher.flush(drain)
+            if self._publisher.status().state is ConnectionState.CONNECTED:
+                self._publisher.flush(drain)  # else the outbox keeps them for next time
             self._sink.close()
         if self._health_thread is not None:
             self._health_thread.join(5.0)
@@ -345,7 +346,8 @@ class RecognitionService:
     def __enter__(self) -> Self:
         try:
             self.start()
-        except BaseException:
+        except BaseException as exc:
+            self.request_stop(f"error: start failed: {exc}"[:200])
             self.close()
             raise
         return self
