@@ -5,14 +5,16 @@ checks the chip (``150x150x3``, ``uint8`` or float RGB in 0..255, exactly what
 ``dlib.get_face_chip`` returns) and returns dlib's raw, un-normalised descriptor
 as float32, matching ``face_recognition_model_v1.compute_face_descriptor``.
 
-It loads the interpreter itself (``ai_edge_litert``, else ``tflite_runtime``);
-once :mod:`device.vision.runtime` lands it should sit on ``ModelRuntime`` instead.
-An interpreter is not thread-safe: use one instance per thread.
+:class:`device.vision.embed.DlibTFLiteEmbedder` wraps it (after checking the file
+against the manifest's sha256) and adds the L2 normalisation and mirror averaging.
+It takes a plain path, unlike :class:`device.vision.runtime.ModelRuntime`, so the
+fidelity tests and ``facegate bench embed`` can load any build of the encoder; the
+interpreter comes from the same place as the runtime's (``ai_edge_litert``, else
+``tflite_runtime``). An interpreter is not thread-safe: use one instance per thread.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +26,7 @@ from numpy.typing import NDArray
 from device.errors import ModelError
 from device.modelzoo.dlib_resnet import EMBEDDING_DIM, INPUT_SIZE
 from device.vision import models as model_manifest
+from device.vision.runtime import interpreter_module
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +57,12 @@ def check_chip(chip: NDArray[Any]) -> NDArray[np.float32]:
 
 
 def _interpreter_class() -> Any:
-    for name in ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"):
-        try:
-            return importlib.import_module(name).Interpreter
-        except ImportError:
-            continue
-    raise ModelError(
-        "no TFLite interpreter: install ai-edge-litert (or tflite-runtime on a Raspberry Pi "
-        "image with Coral's packages)"
-    )
+    """``Interpreter`` of the installed LiteRT (or tflite_runtime).
+
+    Raises:
+        ModelError: Neither is installed.
+    """
+    return interpreter_module().Interpreter
 
 
 class DlibResnetTFLite:
