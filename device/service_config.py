@@ -127,6 +127,12 @@ class PipelineConfig(Section):
         description="Faces of one track embedded at most; a track that has not matched "
         "by then is left alone (its faces are not embedded again).",
     )
+    min_quality_gain: float = Field(
+        0.05, ge=0, le=1,
+        description="After a track is confirmed, embed a new best face only when its "
+        "quality score (0-1) beats every face already embedded for the track by this "
+        "much (quality jitters between frames; a new vote needs a better face).",
+    )
     embed_after_match: bool = Field(
         False,
         description="Keep embedding a track's new best faces after it matched (to catch "

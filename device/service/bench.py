@@ -105,6 +105,7 @@ def run_pipeline(
     quality: QualityConfig | None = None,
     tracking: TrackerConfig | None = None,
     max_embeddings_per_track: int = 8,
+    min_quality_gain: float = 0.05,
     queue_size: int = 4,
 ) -> PipelineRun:
     """Decode ``source`` on a capture thread and run the frame loop on this one.
@@ -118,7 +119,7 @@ def run_pipeline(
     live = open_gallery(gallery, model_id=embedder.model_id, dim=dim)
     processor = FrameProcessor(
         detector, embedder, live, threshold=threshold, quality=quality, tracking=tracking,
-        max_embeddings_per_track=max_embeddings_per_track,
+        max_embeddings_per_track=max_embeddings_per_track, min_quality_gain=min_quality_gain,
     )
     warm = VideoSource(VideoSourceConfig(camera_id="bench", path=source))
     with warm:  # the first frame warms the detector up (XNNPACK packs weights on first run)

@@ -221,6 +221,7 @@ class RecognitionService:
             self._detector, self._embedder, self._gallery, threshold=self.threshold.value,
             quality=cfg.quality, tracking=cfg.tracking, decision=cfg.decision,
             max_embeddings_per_track=cfg.pipeline.max_embeddings_per_track,
+            min_quality_gain=cfg.pipeline.min_quality_gain,
             embed_after_match=cfg.pipeline.embed_after_match,
         )
         self._publisher = Publisher(cfg.mqtt, cameras=cfg.camera_ids,

@@ -9,8 +9,9 @@
 3. **track** — the camera's tracker joins faces into tracks and keeps each track's
    best faces (by quality score) with their chips;
 4. **embed** — only faces that *entered a track's best faces* are embedded: all of a
-   new track's best faces when it is confirmed, then each face that improves on
-   them, until the track is decided (it matched) or has used its embedding budget;
+   new track's best faces when it is confirmed, then each face whose quality beats
+   every embedded one by ``min_quality_gain``, until the track is decided (it
+   matched) or has used its embedding budget;
 5. **search** — each embedding is searched in the active gallery (taken once per
    frame, so a gallery swap never splits one answer across versions);
 6. **decide** — the camera's :class:`~device.decision.Decider` votes (k of the last n).
@@ -130,6 +131,7 @@ class _TrackState:
 
     embedded_frames: set[int] = field(default_factory=set)
     embedded: int = 0
+    best_quality: float = float("-inf")
     matched: bool = False
 
 
@@ -160,6 +162,9 @@ class FrameProcessor:
         tracking: Tracker settings (one tracker per camera).
         decision: Voting settings (one decider per camera).
         max_embeddings_per_track: Faces of one track embedded at most.
+        min_quality_gain: After a track is confirmed, a new best face is embedded only
+            when its quality score beats every face embedded for the track by this
+            much (quality jitters from frame to frame; a vote needs a better face).
         embed_after_match: Keep embedding improving faces after a track matched.
         align_face: Aligns one face into a chip (default :func:`device.vision.align.align`
             with the embedder's template).
@@ -179,6 +184,7 @@ class FrameProcessor:
         tracking: TrackerConfig | None = None,
         decision: DecisionConfig | None = None,
         max_embeddings_per_track: int = 8,
+        min_quality_gain: float = 0.05,
         embed_after_match: bool = False,
         align_face: Callable[[Image, Detection], FaceChip] | None = None,
         max_frame_gap_s: float = 2.0,
@@ -191,6 +197,7 @@ class FrameProcessor:
         self.tracking = tracking or TrackerConfig()
         self.decision = decision or DecisionConfig()
         self.max_embeddings_per_track = max_embeddings_per_track
+        self.min_quality_gain = min_quality_gain
         self.embed_after_match = embed_after_match
         self.max_frame_gap_s = max_frame_gap_s
         template: AlignTemplate | None = None
@@ -304,7 +311,8 @@ class FrameProcessor:
             faces = [f for f in update.best if f.payload is not None]
         elif update.face_kept:
             faces = [f for f in update.best
-                     if f.frame == cam.tracker.frame and f.payload is not None]
+                     if f.frame == cam.tracker.frame and f.payload is not None
+                     and f.quality >= state.best_quality + self.min_quality_gain]
         else:
             return []
         faces = [f for f in faces if f.frame not in state.embedded_frames][:room]
@@ -325,6 +333,7 @@ class FrameProcessor:
         embeddings = self.embedder.embed(chips)
         state.embedded += len(faces)
         state.embedded_frames.update(f.frame for f in faces)
+        state.best_quality = max(state.best_quality, *(f.quality for f in faces))
         self.embeddings += len(faces)
         clock.lap("embed")
 

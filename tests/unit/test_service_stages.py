@@ -191,3 +191,28 @@ def test_empty_gallery_gives_unknown_votes_only() -> None:
     outcomes = _run(_processor(dict.fromkeys(range(6), ("A",)), live, embedder), frames=6)
     assert not [o for o in outcomes if isinstance(o, Match)]
     assert len([o for o in outcomes if isinstance(o, UnknownTrack)]) == 1
+
+
+class ApproachingDetector(ScriptedDetector):
+    """One person walking towards the camera: the face grows by 2 px a frame."""
+
+    def detect(self, image: Image, timer: object = None) -> list[Detection]:
+        self.frame += 1
+        side = 40.0 + 3.0 * self.frame
+        x, y = X["C"], 20.0
+        f = [(0.3, 0.35), (0.7, 0.35), (0.5, 0.55), (0.5, 0.75), (0.02, 0.45), (0.98, 0.45)]
+        kps = tuple((x + a * side, y + b * side) for a, b in f)
+        return [Detection(box=(x, y, side, side), score=0.95, keypoints=kps)]
+
+
+def test_a_new_best_face_is_embedded_only_when_clearly_better(gallery: LiveGallery) -> None:
+    counts = {}
+    for gain in (0.0, 0.05, 1.0):
+        embedder = FakeEmbedder()
+        processor = _processor({}, gallery, embedder, max_embeddings_per_track=100,
+                               min_quality_gain=gain)
+        processor.detector = ApproachingDetector({})
+        _run(processor, frames=30)
+        counts[gain] = len(embedder.calls)
+    assert counts[1.0] == 3  # the confirmation's best faces; nothing beats them by 1
+    assert counts[0.0] > counts[0.05] > counts[1.0]
