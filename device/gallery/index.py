@@ -9,8 +9,8 @@ or ``argpartition`` over the scores. Batches go through BLAS ``sgemm``.
 Why not BLAS for one query too: OpenBLAS splits ``sgemv`` into one fixed share per
 thread and hands off through its own thread pool; on a shared machine (a Pi also
 running the detector) one descheduled thread stalls the whole product. Measured on
-the 2-core dev machine under other load, 10k × 128: 5.2 ms p50 for ``sgemv`` against
-0.5 ms for a read of the same matrix.
+the 2-core dev machine under other load (``facegate bench search``), 10k × 128:
+``sgemv`` p50 10–16 ms against 0.5 ms for a sliced read of the same matrix.
 
 Concurrency: one writer, many readers, no reader locks. Readers search an immutable
 :class:`IndexSnapshot`, taken with a single attribute read; a write builds the next
