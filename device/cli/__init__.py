@@ -38,3 +38,7 @@ from device.cli import sync_cmd  # noqa: E402,F401  # isort: skip
 from device.cli import doctor_cmd  # noqa: E402,F401  # isort: skip
 from device.cli import run_cmd  # noqa: E402,F401  # isort: skip
 from device.cli import bench_pipeline  # noqa: E402,F401  # isort: skip
+from device.cli import enroll_cmd  # noqa: E402,F401  # isort: skip
+from device.cli import identify_cmd  # noqa: E402,F401  # isort: skip
+from device.cli import calibrate_cmd  # noqa: E402,F401  # isort: skip
+from device.cli import eval_identify_cmd  # noqa: E402,F401  # isort: skip
