@@ -485,18 +485,37 @@ def expected_fpir(fmr: float, n: int) -> float:
     return float(-math.expm1(n * math.log1p(-fmr)))
 
 
-def log_gallery_threshold(threshold: MatchThreshold, identities: int, faces: int) -> float:
-    """Log the threshold and the expected FPIR for a gallery just loaded.
+def log_expected_fpir(value: float, fmr: float, identities: int, faces: int, *,
+                      unsafe: bool = False, what: str = "") -> float:
+    """Log a threshold and the expected FPIR for a gallery just loaded (any caller).
 
     ``n`` is the number of faces: a search compares the probe with every one of them.
+
+    Args:
+        value: The similarity threshold.
+        fmr: Its false-match rate.
+        identities: Identities in the gallery.
+        faces: Faces in the gallery.
+        unsafe: Log at WARNING (an FMR above :data:`MAX_SAFE_FMR` was allowed).
+        what: Extra words for the message (target, model).
 
     Returns:
         The expected FPIR.
     """
-    fpir = expected_fpir(threshold.fmr, faces)
-    log = logger.warning if threshold.unsafe else logger.info
-    log("gallery loaded: %d identities, %d faces; match threshold %.4f (FMR %.2g, target %g, "
-        "%s); expected false-positive identification rate 1-(1-FMR)^%d = %.2g",
-        identities, faces, threshold.value, threshold.fmr, threshold.target_fmr,
-        "UNSAFE" if threshold.unsafe else "model " + threshold.model_id, faces, fpir)
+    fpir = expected_fpir(min(max(fmr, 0.0), 1.0), faces)
+    log = logger.warning if unsafe else logger.info
+    log("gallery loaded: %d identities, %d faces; match threshold %.4f (FMR %.2g%s%s); expected "
+        "false-positive identification rate 1-(1-FMR)^%d = %.2g", identities, faces, value, fmr,
+        ", UNSAFE" if unsafe else "", f", {what}" if what else "", faces, fpir)
     return fpir
+
+
+def log_gallery_threshold(threshold: MatchThreshold, identities: int, faces: int) -> float:
+    """:func:`log_expected_fpir` for a :class:`MatchThreshold`.
+
+    Returns:
+        The expected FPIR.
+    """
+    return log_expected_fpir(threshold.value, threshold.fmr, identities, faces,
+                             unsafe=threshold.unsafe,
+                             what=f"target {threshold.target_fmr:g}, model {threshold.model_id}")
