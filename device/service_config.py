@@ -128,10 +128,10 @@ class PipelineConfig(Section):
         "by then is left alone (its faces are not embedded again).",
     )
     min_quality_gain: float = Field(
-        0.05, ge=0, le=1,
+        0.02, ge=0, le=1,
         description="After a track is confirmed, embed a new best face only when its "
-        "quality score (0-1) beats every face already embedded for the track by this "
-        "much (quality jitters between frames; a new vote needs a better face).",
+        "quality score (0-1) beats the weakest face behind the track's last n votes by "
+        "this much (quality jitters between frames; a new vote needs a better face).",
     )
     embed_after_match: bool = Field(
         False,

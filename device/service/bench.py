@@ -105,7 +105,7 @@ def run_pipeline(
     quality: QualityConfig | None = None,
     tracking: TrackerConfig | None = None,
     max_embeddings_per_track: int = 8,
-    min_quality_gain: float = 0.05,
+    min_quality_gain: float = 0.02,
     queue_size: int = 4,
 ) -> PipelineRun:
     """Decode ``source`` on a capture thread and run the frame loop on this one.

@@ -10,8 +10,8 @@
    best faces (by quality score) with their chips;
 4. **embed** — only faces that *entered a track's best faces* are embedded: all of a
    new track's best faces when it is confirmed, then each face whose quality beats
-   every embedded one by ``min_quality_gain``, until the track is decided (it
-   matched) or has used its embedding budget;
+   the weakest of the track's last ``n`` votes by ``min_quality_gain``, until the
+   track is decided (it matched) or has used its embedding budget;
 5. **search** — each embedding is searched in the active gallery (taken once per
    frame, so a gallery swap never splits one answer across versions);
 6. **decide** — the camera's :class:`~device.decision.Decider` votes (k of the last n).
@@ -28,6 +28,7 @@ this class, so the benchmark measures the code that runs on a unit.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -131,7 +132,7 @@ class _TrackState:
 
     embedded_frames: set[int] = field(default_factory=set)
     embedded: int = 0
-    best_quality: float = float("-inf")
+    recent: deque[float] = field(default_factory=deque)  # qualities of the last n votes
     matched: bool = False
 
 
@@ -163,8 +164,9 @@ class FrameProcessor:
         decision: Voting settings (one decider per camera).
         max_embeddings_per_track: Faces of one track embedded at most.
         min_quality_gain: After a track is confirmed, a new best face is embedded only
-            when its quality score beats every face embedded for the track by this
-            much (quality jitters from frame to frame; a vote needs a better face).
+            when its quality score beats the weakest of the faces behind the track's
+            last ``n`` votes by this much (quality jitters from frame to frame; a new
+            vote should come from a better face than one it pushes out).
         embed_after_match: Keep embedding improving faces after a track matched.
         align_face: Aligns one face into a chip (default :func:`device.vision.align.align`
             with the embedder's template).
@@ -184,7 +186,7 @@ class FrameProcessor:
         tracking: TrackerConfig | None = None,
         decision: DecisionConfig | None = None,
         max_embeddings_per_track: int = 8,
-        min_quality_gain: float = 0.05,
+        min_quality_gain: float = 0.02,
         embed_after_match: bool = False,
         align_face: Callable[[Image, Detection], FaceChip] | None = None,
         max_frame_gap_s: float = 2.0,
@@ -310,9 +312,11 @@ class FrameProcessor:
         if update.kind is TrackEvent.NEW:
             faces = [f for f in update.best if f.payload is not None]
         elif update.face_kept:
+            bar = (min(state.recent) + self.min_quality_gain
+                   if len(state.recent) >= self.decision.n else float("-inf"))
             faces = [f for f in update.best
                      if f.frame == cam.tracker.frame and f.payload is not None
-                     and f.quality >= state.best_quality + self.min_quality_gain]
+                     and f.quality >= bar]
         else:
             return []
         faces = [f for f in faces if f.frame not in state.embedded_frames][:room]
@@ -333,7 +337,10 @@ class FrameProcessor:
         embeddings = self.embedder.embed(chips)
         state.embedded += len(faces)
         state.embedded_frames.update(f.frame for f in faces)
-        state.best_quality = max(state.best_quality, *(f.quality for f in faces))
+        for face in faces:
+            state.recent.append(face.quality)
+            while len(state.recent) > self.decision.n:
+                state.recent.popleft()
         self.embeddings += len(faces)
         clock.lap("embed")
 
