@@ -32,6 +32,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 #: Audit records searched for an event id during recovery (the newest ones).
 RECOVERY_AUDIT_WINDOW = 1000
+#: Announced tracks remembered for their track-end update (the oldest are forgotten).
+MAX_ANNOUNCED = 4096
 
 
 class EventPublisher(Protocol):
@@ -177,7 +180,7 @@ class DecisionSink:
         self.model_id = model_id
         self.latency = latency
         self._clock = clock
-        self._announced: dict[tuple[str, int, str], _Announced] = {}
+        self._announced: OrderedDict[tuple[str, int, str], _Announced] = OrderedDict()
         self._lock = threading.Condition()
         self._awaiting: dict[int, float] = {}  # outbox row id -> frame arrival (monotonic)
         self._stop = False
@@ -243,6 +246,8 @@ class DecisionSink:
             self._lock.notify_all()
         self._announced[(a.camera_id, a.track_id, a.identity_id)] = _Announced(
             event.event_id, match.first_seen)
+        while len(self._announced) > MAX_ANNOUNCED:  # a track that never ended
+            self._announced.popitem(last=False)
         self.matches += 1
         self.matches_by_camera[a.camera_id] = self.matches_by_camera.get(a.camera_id, 0) + 1
         self.latency.add("publish", (time.perf_counter() - started) * 1000.0)
