@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageOps, UnidentifiedImageError
+from PIL import ImageFile, ImageOps, UnidentifiedImageError
 
 from device.errors import ImageError
 from device.types import Image
@@ -46,6 +46,9 @@ def read_image(path: str | Path) -> Image:
         raise ImageError(f"{path}: is a directory, not an image file")
     if size == 0:
         raise ImageError(f"{path}: file is empty (0 bytes)")
+    # face_recognition sets this process-wide at import (it accepts cut-off files); a
+    # truncated photo must never be enrolled or matched as if it were whole.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
