@@ -17,6 +17,7 @@ What this module adds for the service:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
 
@@ -79,10 +80,13 @@ class GalleryWatcher:
         path: The configured gallery path (a file, or the sync's symlink).
         model_id: Refuse files of another model.
         dim: Refuse files of another dimension.
+        on_loaded: Called after each reload.
     """
 
-    def __init__(self, live: LiveGallery, path: Path, *, model_id: str, dim: int) -> None:
+    def __init__(self, live: LiveGallery, path: Path, *, model_id: str, dim: int,
+                 on_loaded: Callable[[], None] | None = None) -> None:
         self._live = live
+        self._on_loaded = on_loaded
         self._path = path
         self._model_id = model_id
         self._dim = dim
@@ -108,6 +112,8 @@ class GalleryWatcher:
         target, version, revision = stamp
         self._live.on_switched(target, version)
         self._seen = stamp
+        if self._on_loaded is not None:
+            self._on_loaded()
         logger.info("gallery %s changed (version %d, revision %d): reloaded", target,
                     version, revision)
         return True

@@ -34,6 +34,7 @@ import logging
 import queue
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -47,6 +48,7 @@ from device.errors import DeviceError
 from device.events.mqtt import ConnectionState, Publisher
 from device.events.notify import Notifier
 from device.events.schema import format_timestamp
+from device.gallery.calibration import log_expected_fpir
 from device.gallery.sync.agent import SyncAgent
 from device.gallery.sync.config import make_sync
 from device.gallery.sync.live import LiveGallery
@@ -61,7 +63,7 @@ from device.service.queue import PipelineQueue
 from device.service.sink import DecisionSink, PendingJournal
 from device.service.stages import STAGES, FrameProcessor, FrameResult, Match
 from device.service.stats import LatencyStats, RateMeter
-from device.service.thresholds import Threshold, resolve_threshold
+from device.service.thresholds import MAX_SAFE_FMR, Threshold, resolve_threshold
 from device.service_config import FacegateConfig
 from device.types import FaceChip, Frame
 from device.vision.detect import Detector, create_detector
@@ -216,7 +218,9 @@ class RecognitionService:
         self._gallery = open_gallery(cfg.gallery_path, model_id=model_id, dim=dim,
                                      precision=cfg.gallery.precision)
         self._gallery_watch = GalleryWatcher(self._gallery, cfg.gallery_path,
-                                             model_id=model_id, dim=dim)
+                                             model_id=model_id, dim=dim,
+                                             on_loaded=self._gallery_loaded)
+        self._gallery_loaded()
         self._processor = FrameProcessor(
             self._detector, self._embedder, self._gallery, threshold=self.threshold.value,
             quality=cfg.quality, tracking=cfg.tracking, decision=cfg.decision,
@@ -237,7 +241,7 @@ class RecognitionService:
             logger.warning("finished %d decision(s) interrupted by the previous run", recovered)
         self._sink.start()
         if sync is not None:
-            sync.on_switched = self._gallery.on_switched  # the pipeline keeps matching
+            sync.on_switched = self._switch_gallery  # the pipeline keeps matching
             self._sync_agent = SyncAgent(sync, cfg.mqtt, cfg.sync,
                                          state_publisher=self._publisher, env=self._env)
             self._sync_agent.start()
@@ -257,6 +261,22 @@ class RecognitionService:
         self._notifier.ready(f"{running} of {len(cfg.cameras)} camera(s) running")
         logger.info("service started: %d of %d camera(s), gallery version %s", running,
                     len(cfg.cameras), gallery_version(self._gallery))
+
+    def _switch_gallery(self, path: Path, version: int) -> None:
+        """The sync's hook: swap the index (old one answers meanwhile), then log."""
+        assert self._gallery is not None
+        self._gallery.on_switched(path, version)
+        self._gallery_loaded()
+
+    def _gallery_loaded(self) -> None:
+        """Log the threshold and the expected false-positive identification rate."""
+        if self._gallery is None or self.threshold is None:
+            return
+        active = self._gallery.current()
+        t = self.threshold
+        log_expected_fpir(t.value, t.fmr, len(active.labels), len(active.index),
+                          unsafe=t.fmr > MAX_SAFE_FMR * (1 + 1e-9),
+                          what=f"threshold from {t.source}, gallery version {active.version}")
 
     def _open_cameras(self) -> None:
         for section in self.config.cameras:
