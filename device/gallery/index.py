@@ -24,7 +24,19 @@ rebuild).
 
 Float32 results are exact: candidates within the float32 rounding bound of the k-th
 score are re-scored in float64, so the top-k equals that of a float64 search over the
-stored rows. Int8 results are the int8 index's own scores (no float rows are kept).
+stored rows. Int8 results are the int8 index's own scores, unless the index keeps a
+*row file* (:mod:`device.gallery.rowfile`): the float32 rows on disk, memory-mapped
+read-only. Then a search re-ranks (``refine``): the int8 scan keeps each slice's
+:data:`REFINE_CANDIDATES` best rows, the few whose int8 score is within the provable
+int8 error bound ``eps`` of the k-th best exact score are re-scored in float64 from the
+file, and the answer — faces, order and similarities — is that of the float32 index.
+The proof, per query (:meth:`IndexSnapshot.int8_error_bound`): every row's int8 score
+is within ``eps`` of its exact score; a row outside the kept ones scores at most ``T``
+(the largest slice threshold) in int8, so at most ``T + eps`` exactly; when that is
+below the k-th best exact score found, no row outside can enter the top k. When it is
+not (a dense band of near-ties, or many removed rows among the kept ones), the search
+falls back to every row whose int8 score is within ``eps`` of that k-th best (one pass
+over the per-row scores, not the codes) and counts it (:meth:`GalleryIndex.refine_stats`).
 """
 
 from __future__ import annotations
@@ -44,7 +56,8 @@ import numpy.typing as npt
 from device.errors import GalleryError
 from device.gallery import int8 as q8
 from device.gallery.kernels import load_kernels
-from device.gallery.parallel import run_sliced
+from device.gallery.parallel import plan_slices, run_sliced
+from device.gallery.rowfile import RowFile, RowView
 from device.types import FloatArray
 
 logger = logging.getLogger(__name__)
@@ -69,6 +82,13 @@ PARALLEL_MIN_ROWS_F32 = 8192
 PARALLEL_MIN_ROWS_INT8 = 32_768
 #: A stored vector whose norm is within this of 1 is kept bit-for-bit.
 UNIT_TOLERANCE = 1e-6
+#: Best int8 rows each slice of a refined scan keeps for the exact re-rank. Searches
+#: for more results than this (or without the compiled kernels) take the fallback.
+REFINE_CANDIDATES = 64
+#: Absolute slack added to the int8 error bound for what the bound's terms leave out:
+#: stored rows' norms (within UNIT_TOLERANCE... of 1 only to float32 precision), the
+#: float32 rounding of the query, scale, inverse norm and query·center (each < 1e-6).
+REFINE_SLACK = 1e-5
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +129,7 @@ class _Engine:
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
+        self.refine_counters = _Counters()
 
     def executor(self) -> ThreadPoolExecutor | None:
         if self.threads <= 1 or self.kernels is None:
@@ -127,12 +148,54 @@ class _Engine:
             self._local.buf = buf
         return buf[:n].reshape(1, n)
 
+    def candidates(self, slots: int, m: int) -> tuple[Int64Array, FloatArray]:
+        """Per-thread ``(slots, m)`` row and score buffers for a refined scan."""
+        bufs: tuple[Int64Array, FloatArray] | None = getattr(self._local, "cand", None)
+        if bufs is None or bufs[0].shape[0] < slots or bufs[0].shape[1] != m:
+            bufs = (np.empty((slots, m), dtype=np.int64), np.empty((slots, m), dtype=np.float32))
+            self._local.cand = bufs
+        return bufs[0][:slots], bufs[1][:slots]
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True)
+
+
+@dataclass(frozen=True, slots=True)
+class RefineStats:
+    """Counters of the exact re-rank, since the index was made.
+
+    Attributes:
+        queries: Re-ranked searches (one per query, batch queries included).
+        fallbacks: Searches that could not prove the kept candidates enough and
+            re-scored every row within the bound of the k-th best (batches, searches
+            without the compiled kernels or for more than ``REFINE_CANDIDATES``
+            results always do).
+        rescored: Float32 rows read from the row file and re-scored, in total.
+    """
+
+    queries: int
+    fallbacks: int
+    rescored: int
+
+
+class _Counters:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values = [0, 0, 0]
+
+    def add(self, fallback: bool, rescored: int) -> None:
+        with self._lock:
+            self._values[0] += 1
+            self._values[1] += int(fallback)
+            self._values[2] += rescored
+
+    def read(self) -> RefineStats:
+        with self._lock:
+            return RefineStats(*self._values)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -158,6 +221,11 @@ class IndexSnapshot:
         scale: ``(rows,)`` float32 per-row scale (int8 only).
         inv_norm: ``(rows,)`` float32 inverse norm of each decoded row (int8 only).
         center: ``(dim,)`` vector subtracted before quantising (int8 only).
+        exact_rows: The float32 rows on disk (int8 with a row file only).
+        refine: Whether searches re-rank against ``exact_rows``.
+        error_scale: Largest scale of a row whose codes are not all zero (int8 only;
+            the int8 error bound is proportional to it).
+        max_inv_norm: Largest ``inv_norm`` (int8 only).
     """
 
     dim: int
@@ -174,6 +242,10 @@ class IndexSnapshot:
     scale: FloatArray | None = field(repr=False)
     inv_norm: FloatArray | None = field(repr=False)
     center: Float64Array | None = field(repr=False)
+    exact_rows: RowView | None = field(repr=False)
+    refine: bool
+    error_scale: float
+    max_inv_norm: float
     _engine: _Engine = field(repr=False)
 
     def __len__(self) -> int:
@@ -181,10 +253,45 @@ class IndexSnapshot:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the matrix and per-row arrays this snapshot searches."""
+        """Bytes of the matrix and per-row arrays this snapshot searches, in RAM."""
         parts = (self.vectors, self.codes, self.scale, self.inv_norm,
                  self.face_ids, self.identity_codes)
         return sum(int(a.nbytes) for a in parts if a is not None)
+
+    @property
+    def disk_nbytes(self) -> int:
+        """Bytes of the row file this snapshot re-ranks against (0 without one).
+
+        On disk, not in RAM: a search reads only its candidates' pages.
+        """
+        return 0 if self.exact_rows is None else self.exact_rows.nbytes
+
+    def int8_error_bound(self, q64: Float64Array) -> float:
+        """A bound on ``|int8 score - exact score|`` of every row for unit query ``q64``.
+
+        Row ``x`` (unit) is coded as ``x̂ = center + scale·codes`` with each entry of
+        ``δ = x̂ - x`` at most ``scale/2``, and scored ``q·x̂ / ‖x̂‖``. Then
+        ``q·x̂/‖x̂‖ - q·x = (q·x)(1/‖x̂‖ - 1) + q·δ/‖x̂‖``, and ``|1 - ‖x̂‖| ≤ ‖δ‖₂``,
+        so the difference is at most ``inv_norm·(scale/2)·(√dim + ‖q‖₁)``. The float32
+        arithmetic of the kernel adds at most ``(dim + 8)·2⁻²³`` of the magnitudes it
+        sums (any summation order, with or without FMA); :data:`REFINE_SLACK` covers
+        the remaining roundings. The largest scale and inverse norm make it one bound
+        for every row (rows far from the center would deserve a looser one alone).
+
+        Args:
+            q64: ``(dim,)`` unit query.
+
+        Returns:
+            The bound (0 for a float32 snapshot).
+        """
+        if self.center is None:
+            return 0.0
+        q1 = float(np.abs(q64).sum())
+        qc = abs(float(q64 @ self.center))
+        s, inv = self.error_scale, self.max_inv_norm
+        quant = inv * (s / 2.0) * (np.sqrt(self.dim) + q1)
+        arith = (self.dim + 8) * 2.0**-23 * inv * (127.0 * s * q1 + qc + 1.0)
+        return float(quant + arith + REFINE_SLACK)
 
     def live_face_ids(self) -> Int64Array:
         """Face ids of the searchable rows, in row order."""
@@ -216,8 +323,8 @@ class IndexSnapshot:
         if self.live == 0:
             return ()
         scores = self._engine.scratch(self.rows)
-        self._score(q32, scores)
-        rows, sims = self._top_rows(scores[0], q64[0], min(k, self.live))
+        pool = self._score(q32, scores)
+        rows, sims = self._top_rows(scores[0], q64[0], min(k, self.live), pool)
         return self._hits(rows, sims)
 
     def search_identities(self, query: npt.ArrayLike, k: int = 1) -> tuple[Hit, ...]:
@@ -238,8 +345,8 @@ class IndexSnapshot:
         if self.live == 0:
             return ()
         scores = self._engine.scratch(self.rows)
-        self._score(q32, scores)
-        return self._identities(scores[0], q64[0], k)
+        pool = self._score(q32, scores)
+        return self._identities(scores[0], q64[0], k, pool)
 
     def search_batch(self, queries: npt.ArrayLike, k: int = 1) -> tuple[tuple[Hit, ...], ...]:
         """:meth:`search` for each row of ``queries``, sharing passes over the matrix.
@@ -316,14 +423,19 @@ class IndexSnapshot:
         q64 = arr / norms[:, None]
         return q64.astype(np.float32), q64
 
-    def _score(self, q32: FloatArray, out: FloatArray) -> None:
+    def _score(self, q32: FloatArray, out: FloatArray) -> _Pool | None:
         """``out[t, i]`` = similarity of query ``t`` to row ``i``; dead rows get ``-inf``.
 
         One query: a compiled kernel over row slices shared by ``threads`` threads
         (memory-bound, one pass over the matrix). Several: BLAS ``sgemm`` (float32) or
         blockwise widening + ``sgemm`` (int8), which amortise the pass over queries.
         Without numba a single query takes the batch path.
+
+        Returns:
+            For one query on a re-ranked int8 snapshot, the best rows each slice kept
+            (found in the same pass); otherwise ``None``.
         """
+        pool: _Pool | None = None
         eng = self._engine
         kern = eng.kernels
         single = q32.shape[0] == 1 and kern is not None
@@ -340,7 +452,10 @@ class IndexSnapshot:
             assert codes is not None and scale is not None and inv is not None
             assert self.center is not None
             q_center = (q32.astype(np.float64) @ self.center).astype(np.float32)
-            if single:
+            if single and self.refine:
+                assert kern is not None
+                pool = self._scan_int8_top(kern.score_int8_top, q32[0], q_center[0], out[0])
+            elif single:
                 assert kern is not None
                 q, qc, o = q32[0], q_center[0], out[0]
                 run_sliced(lambda lo, hi: kern.score_int8(codes, scale, inv, q, qc, o, lo, hi),
@@ -350,11 +465,34 @@ class IndexSnapshot:
                 q8.score_blockwise(codes, scale, inv, q32, q_center, out)
         if self.dead.size:
             out[:, self.dead] = -np.inf
+        return pool
+
+    def _scan_int8_top(
+        self, kernel: Callable[..., float], q: FloatArray, qc: np.float32, out: FloatArray
+    ) -> _Pool:
+        """The int8 scan of one query that also keeps each slice's best rows."""
+        eng = self._engine
+        codes, scale, inv = self.codes, self.scale, self.inv_norm
+        executor = eng.executor()
+        step, slots = plan_slices(self.rows, executor, eng.threads,
+                                  min_rows=PARALLEL_MIN_ROWS_INT8)
+        top_rows, top_scores = eng.candidates(slots, REFINE_CANDIDATES)
+        limits = [0.0] * slots
+
+        def scan(lo: int, hi: int) -> None:
+            slot = lo // step
+            limits[slot] = kernel(codes, scale, inv, q, qc, out, lo, hi,
+                                  top_rows, top_scores, slot)
+
+        run_sliced(scan, self.rows, executor, eng.threads, min_rows=PARALLEL_MIN_ROWS_INT8)
+        return _Pool(top_rows.ravel().copy(), top_scores.ravel().copy(), max(limits))
 
     def _top_rows(
-        self, scores: FloatArray, q64: Float64Array, m: int
+        self, scores: FloatArray, q64: Float64Array, m: int, pool: _Pool | None = None
     ) -> tuple[Int64Array, Float64Array]:
         """Rows of the ``m`` best scores (``m <= live``) and their similarities, best first."""
+        if self.refine:
+            return self._refined_top_rows(scores, q64, m, pool)
         n = scores.shape[0]
         if m == 1:
             cand: Int64Array = np.array([int(np.argmax(scores))], dtype=np.int64)
@@ -375,13 +513,69 @@ class IndexSnapshot:
         order = np.lexsort((cand, -sims))[:m]
         return cand[order], sims[order]
 
-    def _identities(self, scores: FloatArray, q64: Float64Array, k: int) -> tuple[Hit, ...]:
+    def _refined_top_rows(
+        self, scores: FloatArray, q64: Float64Array, m: int, pool: _Pool | None
+    ) -> tuple[Int64Array, Float64Array]:
+        """The exact top ``m`` of an int8 snapshot, re-ranked against the row file.
+
+        See the module docstring for why the answer equals the float32 index's.
+        """
+        assert self.exact_rows is not None
+        eps = self.int8_error_bound(q64)
+        counters = self._engine.refine_counters
+        if pool is not None and m <= REFINE_CANDIDATES:
+            keep = pool.rows >= 0
+            if self.dead.size:
+                keep &= ~np.isin(pool.rows, self.dead, assume_unique=False)
+            rows, int8 = pool.rows[keep], pool.scores[keep]
+            if rows.size >= m:
+                # The m best by int8 give a first m-th best exact score; only rows whose
+                # int8 score is within eps of it can reach it.
+                first = rows[np.argpartition(-int8, m - 1)[:m]] if rows.size > m else rows
+                floor = float(self._exact(first, q64).min()) - eps
+                cand = rows[int8 >= floor]
+                top, sims = self._exact_top(cand, q64, m)
+                if pool.limit + eps < sims[-1]:
+                    counters.add(False, int(cand.size) + m)
+                    return top, sims
+        # Fallback: every row whose int8 score is within eps of the m-th best exact
+        # score of the int8 top m holds the exact top m.
+        n = scores.shape[0]
+        if m == 1:
+            first_rows: Int64Array = np.array([int(np.argmax(scores))], dtype=np.int64)
+        elif m >= n:
+            first_rows = np.arange(n, dtype=np.int64)
+        else:
+            first_rows = np.argpartition(scores, n - m)[n - m:].astype(np.int64)
+        floor = float(self._exact(first_rows, q64).min()) - eps
+        cand = np.flatnonzero(scores >= floor).astype(np.int64)
+        counters.add(True, int(cand.size) + int(first_rows.size))
+        return self._exact_top(cand, q64, m)
+
+    def _exact(self, rows: Int64Array, q64: Float64Array) -> Float64Array:
+        """Float64 similarities of ``rows`` from the row file (as the float32 index)."""
+        assert self.exact_rows is not None
+        # Row-wise products summed per row: the same bits as the float32 index.
+        sims: Float64Array = (self.exact_rows.gather(rows).astype(np.float64) * q64).sum(axis=1)
+        return sims
+
+    def _exact_top(
+        self, cand: Int64Array, q64: Float64Array, m: int
+    ) -> tuple[Int64Array, Float64Array]:
+        cand = np.sort(cand)  # file order: neighbouring rows share pages
+        sims = self._exact(cand, q64)
+        order = np.lexsort((cand, -sims))[:m]
+        return cand[order], sims[order]
+
+    def _identities(
+        self, scores: FloatArray, q64: Float64Array, k: int, pool: _Pool | None = None
+    ) -> tuple[Hit, ...]:
         # The best identities are among the best faces: fetch 4k faces, widen if they
         # hold fewer than k identities. Any identity absent from the top m faces scores
         # at most the m-th face, so the first k distinct identities are exact.
         m = min(self.live, max(4 * k, 16))
         while True:
-            rows, sims = self._top_rows(scores, q64, m)
+            rows, sims = self._top_rows(scores, q64, m, pool)
             _, first = np.unique(self.identity_codes[rows], return_index=True)
             if first.size >= k or m >= self.live:
                 break
@@ -395,6 +589,16 @@ class IndexSnapshot:
             Hit(int(self.face_ids[r]), names[int(self.identity_codes[r])], float(s))
             for r, s in zip(rows.tolist(), sims.tolist(), strict=True)
         )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Pool:
+    """What a refined int8 scan kept: rows (``-1``: unused) and their int8 scores, and
+    ``limit``, an int8 score no row left out exceeds."""
+
+    rows: Int64Array
+    scores: FloatArray
+    limit: float
 
 
 def _f32_dot_error(dim: int) -> float:
@@ -420,9 +624,16 @@ class GalleryIndex:
             embedding makes tightly clustered embeddings (dlib's) quantise ~2× more
             finely. ``None`` is zeros. :meth:`build` computes it from the data.
         threads: Threads one query is split across (default: cores, at most 4).
+        row_file: For int8, a file to keep the exact float32 rows in (created or
+            truncated here; one per index; a compaction replaces it by rename). RAM
+            holds only the int8 codes; searches read a few rows of it to re-rank.
+        refine: Re-rank int8 searches exactly against ``row_file``; default: on when
+            there is a row file. Off keeps the file written but unread.
 
     Raises:
-        GalleryError: Invalid ``dim``, ``precision``, ``center`` or ``threads``.
+        GalleryError: Invalid ``dim``, ``precision``, ``center``, ``threads``,
+            ``row_file`` (not int8, or cannot be created) or ``refine`` (on without a
+            row file).
     """
 
     def __init__(
@@ -432,6 +643,8 @@ class GalleryIndex:
         precision: Precision = "float32",
         center: npt.ArrayLike | None = None,
         threads: int | None = None,
+        row_file: str | os.PathLike[str] | None = None,
+        refine: bool | None = None,
     ) -> None:
         if not isinstance(dim, int | np.integer) or dim < 1:
             raise GalleryError(f"embedding dimension must be a positive integer, got {dim!r}")
@@ -446,6 +659,13 @@ class GalleryIndex:
             self._center = _check_center(center, self._dim)
         elif center is not None:
             raise GalleryError("center applies only to precision='int8'")
+        if row_file is not None and precision != "int8":
+            raise GalleryError("row_file applies only to precision='int8' (float32 is exact)")
+        if refine and row_file is None:
+            raise GalleryError("refine needs a row_file to re-rank against")
+        self._refine = row_file is not None if refine is None else bool(refine)
+        self._error_scale = 0.0
+        self._max_inv = 0.0
         self._engine = _Engine(threads or default_threads())
         self._lock = threading.Lock()
         self._row_of: dict[int, int] = {}
@@ -458,6 +678,9 @@ class GalleryIndex:
         self._code_buf: q8.Int8Array | None = None
         self._scale_buf: FloatArray | None = None
         self._inv_buf: FloatArray | None = None
+        self._row_file: RowFile | None = None
+        if row_file is not None:
+            self._row_file = RowFile(row_file, self._dim)
         self._alloc(0)
         self._snap = self._make_snapshot(0, np.empty(0, dtype=np.int64), version=0)
 
@@ -472,6 +695,8 @@ class GalleryIndex:
         center: npt.ArrayLike | None = None,
         threads: int | None = None,
         progress: Callable[[int], None] | None = None,
+        row_file: str | os.PathLike[str] | None = None,
+        refine: bool | None = None,
     ) -> GalleryIndex:
         """An index holding a whole gallery (e.g. a ``GalleryMatrix`` from the store).
 
@@ -483,6 +708,8 @@ class GalleryIndex:
             center: For int8; ``None`` uses the mean of the normalised ``vectors``.
             threads: As in the constructor.
             progress: Called with the number of rows stored after each chunk.
+            row_file: As in the constructor (int8: exact re-rank from this file).
+            refine: As in the constructor.
 
         Returns:
             The index, sized exactly for the gallery.
@@ -495,7 +722,8 @@ class GalleryIndex:
             raise GalleryError(f"vectors must be a 2-D (n, dim) array, got shape {arr.shape}")
         if precision == "int8" and center is None and arr.shape[0] > 0:
             center = _mean_direction(arr)
-        index = cls(arr.shape[1], precision=precision, center=center, threads=threads)
+        index = cls(arr.shape[1], precision=precision, center=center, threads=threads,
+                    row_file=row_file, refine=refine)
         index.reserve(arr.shape[0])
         index.add(face_ids, identity_ids, arr, progress=progress)
         return index
@@ -520,6 +748,15 @@ class GalleryIndex:
 
     def __contains__(self, face_id: object) -> bool:
         return face_id in self._row_of
+
+    @property
+    def refine(self) -> bool:
+        """Whether int8 searches are re-ranked exactly against the row file."""
+        return self._refine
+
+    def refine_stats(self) -> RefineStats:
+        """How often the re-rank ran, fell back, and how many rows it read."""
+        return self._engine.refine_counters.read()
 
     def snapshot(self) -> IndexSnapshot:
         """The current immutable view, for several searches that must agree."""
@@ -740,6 +977,19 @@ class GalleryIndex:
             self._code_buf[start:end] = qz.codes
             self._scale_buf[start:end] = qz.scale
             self._inv_buf[start:end] = qz.inv_norm
+            self._note_error_scale(qz.codes, qz.scale, qz.inv_norm)
+            if self._row_file is not None:
+                self._row_file.write(start, v64.astype(np.float32))
+
+    def _note_error_scale(self, codes: q8.Int8Array, scale: FloatArray,
+                          inv_norm: FloatArray) -> None:
+        # Rows equal to the center (all codes zero) decode exactly whatever their scale.
+        if codes.shape[0] == 0:
+            return
+        used = scale[codes.any(axis=1)]
+        if used.size:
+            self._error_scale = max(self._error_scale, float(used.max()))
+        self._max_inv = max(self._max_inv, float(inv_norm.max()))
 
     def _alloc(self, capacity: int) -> None:
         self._cap = capacity
@@ -759,6 +1009,9 @@ class GalleryIndex:
         keep[snap.dead] = False
         n = int(keep.sum())
         capacity = max(capacity, n)
+        if self._row_file is not None:
+            # First: a failure here leaves the index as it was (the old file stays).
+            self._row_file.rewrite(self._live_exact_rows(snap, keep))
         old_codes = snap.identity_codes[keep]
         used, new_codes = np.unique(old_codes, return_inverse=True)
         names = [snap.identity_names[int(c)] for c in used.tolist()]
@@ -776,11 +1029,26 @@ class GalleryIndex:
             np.compress(keep, snap.codes, axis=0, out=self._code_buf[:n])
             self._scale_buf[:n] = snap.scale[keep]
             self._inv_buf[:n] = snap.inv_norm[keep]
+            self._error_scale = self._max_inv = 0.0
+            for lo in range(0, n, ADD_CHUNK_ROWS):
+                hi = min(lo + ADD_CHUNK_ROWS, n)
+                self._note_error_scale(self._code_buf[lo:hi], self._scale_buf[lo:hi],
+                                       self._inv_buf[lo:hi])
         self._names = names
         self._code_of = {name: i for i, name in enumerate(names)}
         self._row_of = dict(zip(self._face_buf[:n].tolist(), range(n), strict=True))
         self._publish(n, np.empty(0, dtype=np.int64))
         logger.debug("index rebuilt: %d rows, capacity %d", n, capacity)
+
+    @staticmethod
+    def _live_exact_rows(snap: IndexSnapshot, keep: npt.NDArray[np.bool_]) -> Iterable[FloatArray]:
+        if snap.exact_rows is None:
+            return
+        all_rows = np.arange(snap.rows, dtype=np.int64)
+        for lo in range(0, snap.rows, ADD_CHUNK_ROWS):
+            rows = all_rows[lo:lo + ADD_CHUNK_ROWS][keep[lo:lo + ADD_CHUNK_ROWS]]
+            if rows.size:
+                yield snap.exact_rows.gather(rows)
 
     def _publish(self, rows: int, dead: Int64Array) -> None:
         self._snap = self._make_snapshot(rows, dead, version=self._snap.version + 1)
@@ -810,6 +1078,10 @@ class GalleryIndex:
             scale=view(self._scale_buf),  # type: ignore[arg-type]
             inv_norm=view(self._inv_buf),  # type: ignore[arg-type]
             center=self._center,
+            exact_rows=None if self._row_file is None else self._row_file.view(rows),
+            refine=self._refine,
+            error_scale=self._error_scale,
+            max_inv_norm=self._max_inv,
             _engine=self._engine,
         )
 

@@ -20,11 +20,16 @@ class Kernels:
 
     Attributes:
         score_int8: ``(codes, scale, inv_norm, query, q_center, out, lo, hi)``.
+        score_int8_top: ``(codes, scale, inv_norm, query, q_center, out, lo, hi,
+            top_rows, top_scores, slot) -> float``: ``score_int8`` that also keeps
+            the slice's best rows in row ``slot`` of the two ``(slices, m)`` buffers
+            and returns the slice's ``m``-th best score (``-1e30`` if it has fewer).
         score_f32: ``(vectors, query, out, lo, hi)``.
         read_rows: ``(matrix, lo, hi) -> float``; a read-only pass (bench floor).
     """
 
     score_int8: Callable[..., None]
+    score_int8_top: Callable[..., float]
     score_f32: Callable[..., None]
     read_rows: Callable[..., float]
 
@@ -44,4 +49,5 @@ def load_kernels() -> Kernels | None:
             "numba, and set NUMBA_CACHE_DIR if the package directory is read-only",
             type(exc).__name__, exc)
         return None
-    return Kernels(module.score_int8, module.score_f32, module.read_rows)
+    return Kernels(module.score_int8, module.score_int8_top, module.score_f32,
+                   module.read_rows)

@@ -12,6 +12,20 @@ from concurrent.futures import Executor
 SLICES_PER_THREAD = 4
 
 
+def plan_slices(
+    n: int, executor: Executor | None, threads: int, *, min_rows: int
+) -> tuple[int, int]:
+    """The ``(step, count)`` of the slices :func:`run_sliced` cuts ``0..n`` into.
+
+    Slice ``lo..hi`` is number ``lo // step``, so a caller can give each slice its own
+    output slot (``count`` of them). Same arguments as :func:`run_sliced`.
+    """
+    if executor is None or threads <= 1 or n < min_rows:
+        return max(n, 1), 1
+    step = (-(-n // (SLICES_PER_THREAD * threads)) + 63) // 64 * 64
+    return step, -(-n // step)
+
+
 def run_sliced(
     fn: Callable[[int, int], object], n: int, executor: Executor | None, threads: int,
     *, min_rows: int,
@@ -34,11 +48,10 @@ def run_sliced(
     Raises:
         BaseException: Whatever ``fn`` raised, after every slice has finished.
     """
-    if executor is None or threads <= 1 or n < min_rows:
+    step, total = plan_slices(n, executor, threads, min_rows=min_rows)
+    if total == 1 or executor is None:
         fn(0, n)
         return
-    step = (-(-n // (SLICES_PER_THREAD * threads)) + 63) // 64 * 64
-    total = -(-n // step)
     counter = itertools.count()  # next() is atomic under the GIL
     lock = threading.Lock()
     finished = threading.Event()

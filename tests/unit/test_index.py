@@ -6,6 +6,7 @@ No timings are asserted here; speed lives in ``facegate bench search``.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,6 +236,190 @@ def test_int8_center_makes_clustered_data_more_precise() -> None:
         np.testing.assert_allclose(ix.center, faces.astype(np.float64).mean(axis=0), atol=1e-6)
 
 
+# ---- int8 with an exact re-rank from the row file -------------------------------------
+
+def assert_identical(a: tuple[Hit, ...], b: tuple[Hit, ...]) -> None:
+    """Same faces, identities and similarities, bit for bit."""
+    assert a == b
+
+
+@pytest.fixture(scope="module")
+def big() -> tuple[np.ndarray, np.ndarray]:
+    """100k random rows, 250 probes and 250 strangers (random queries: near ties)."""
+    rng = np.random.default_rng(21)
+    gallery = unit_rows(rng, 100_000)
+    queries = np.vstack([noisy(rng, gallery[rng.integers(0, 100_000, 250)]),
+                         unit_rows(rng, 250)])
+    return gallery, queries
+
+
+def test_refine_gives_the_float32_answer_on_strangers_too(
+        big: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    gallery, queries = big
+    n = gallery.shape[0]
+    names = [f"id{i // 4}" for i in range(n)]
+    with GalleryIndex.build(np.arange(n), names, gallery) as f32, \
+            GalleryIndex.build(np.arange(n), names, gallery, precision="int8",
+                               row_file=tmp_path / "rows.f32") as i8, \
+            GalleryIndex.build(np.arange(n), names, gallery, precision="int8") as plain:
+        assert i8.refine and not plain.refine
+        # The float32 batch path gives the same exact answers as its single search.
+        top1, top10 = f32.search_batch(queries, 1), f32.search_batch(queries, 10)
+        for q, want1, want10 in zip(queries, top1, top10, strict=True):
+            assert_identical(i8.search(q, 1), want1)
+            assert_identical(i8.search(q, 10), want10)
+        plain_misses = sum(got[0].face_id != want[0].face_id for got, want in
+                           zip(plain.search_batch(queries, 1), top1, strict=True))
+        for q in queries[::10]:
+            assert_identical(i8.search_identities(q, 5), f32.search_identities(q, 5))
+        stats = i8.refine_stats()
+        assert stats.queries == 2 * len(queries) + len(queries[::10])
+        # Random data keeps the band well inside the 64 kept rows: no fallbacks, and
+        # about a dozen rows read per query rather than the whole file.
+        assert stats.fallbacks == 0
+        assert stats.rescored < 100 * stats.queries
+        # Without the re-rank, int8 misses some near-tie strangers (why it exists).
+        assert plain_misses > 0
+        snap = i8.snapshot()
+        assert snap.disk_nbytes == n * DIM * 4
+        assert snap.nbytes == plain.snapshot().nbytes  # the float rows are not in RAM
+
+
+def test_refine_error_bound_holds(big: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    gallery, queries = big
+    kern = load_kernels()
+    with GalleryIndex.build(np.arange(20_000), "a", gallery[:20_000], precision="int8",
+                            row_file=tmp_path / "rows.f32") as ix:
+        snap = ix.snapshot()
+        assert snap.codes is not None and snap.center is not None
+        assert snap.scale is not None and snap.inv_norm is not None
+        for q in queries[::25]:
+            q64 = q.astype(np.float64) / np.linalg.norm(q)
+            q32 = q64.astype(np.float32)
+            qc = np.float32(q64 @ snap.center)
+            got = np.empty((1, 20_000), dtype=np.float32)
+            if kern is not None:
+                kern.score_int8(snap.codes, snap.scale, snap.inv_norm, q32, qc, got[0],
+                                0, 20_000)
+            else:
+                q8.score_blockwise(snap.codes, snap.scale, snap.inv_norm, q32[None, :],
+                                   np.array([qc]), got)
+            exact = gallery[:20_000].astype(np.float64) @ q64
+            err = np.abs(got[0] - exact).max()
+            eps = snap.int8_error_bound(q64)
+            assert err <= eps
+            assert eps < 0.05  # and not uselessly loose
+
+
+def test_refine_batches_and_without_numba(data: tuple[np.ndarray, np.ndarray],
+                                          tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    gallery, queries = data
+    n = gallery.shape[0]
+    names = [f"id{i // 3}" for i in range(n)]
+    with GalleryIndex.build(np.arange(n), names, gallery) as f32:
+        expected = tuple(f32.search(q, 7) for q in queries)
+        expected_ids = tuple(f32.search_identities(q, 4) for q in queries)
+    with GalleryIndex.build(np.arange(n), names, gallery, precision="int8",
+                            row_file=tmp_path / "a.f32") as i8:
+        assert i8.search_batch(queries, 7) == expected
+        assert i8.search_identities_batch(queries, 4) == expected_ids
+    monkeypatch.setattr(index_mod, "load_kernels", lambda: None)
+    with GalleryIndex.build(np.arange(n), names, gallery, precision="int8",
+                            row_file=tmp_path / "b.f32") as slow:
+        assert tuple(slow.search(q, 7) for q in queries) == expected
+        assert slow.refine_stats().fallbacks == len(queries)  # no kernel: always the band
+
+
+def test_refine_band_overflow_falls_back_and_stays_exact(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(4)
+    probe = unit_rows(rng, 1)[0]
+    # 300 faces within ~1e-3 of each other around the probe: far more rows within the
+    # int8 error bound of the best than a slice keeps.
+    crowd = noisy(rng, np.repeat(probe[None], 300, axis=0), 0.002)
+    others = unit_rows(rng, 40_000)
+    gallery = np.vstack([others, crowd])
+    n = gallery.shape[0]
+    monkeypatch.setattr(index_mod, "PARALLEL_MIN_ROWS_INT8", 1024)
+    with GalleryIndex.build(np.arange(n), "a", gallery) as f32, \
+            GalleryIndex.build(np.arange(n), "a", gallery, precision="int8", threads=2,
+                               row_file=tmp_path / "rows.f32") as i8:
+        for k in (1, 5, 64):
+            assert_identical(i8.search(probe, k), f32.search(probe, k))
+        stats = i8.refine_stats()
+        assert stats.queries == 3 and stats.fallbacks == 3
+        assert stats.rescored >= 300
+        # An ordinary query right after still takes the fast path.
+        q = unit_rows(rng, 1)[0]
+        assert_identical(i8.search(q, 1), f32.search(q, 1))
+        assert i8.refine_stats().fallbacks == 3
+
+
+def test_refine_off_keeps_plain_int8_scores(data: tuple[np.ndarray, np.ndarray],
+                                            tmp_path: Path) -> None:
+    gallery, queries = data
+    with build(gallery, "int8") as plain, \
+            GalleryIndex.build(np.arange(5000), [f"id{i}" for i in range(5000)], gallery,
+                               precision="int8", row_file=tmp_path / "r.f32",
+                               refine=False) as off:
+        assert not off.refine
+        for q in queries[:10]:
+            assert off.search(q, 3) == plain.search(q, 3)
+        assert off.refine_stats().queries == 0
+        assert (tmp_path / "r.f32").stat().st_size == 5000 * DIM * 4
+
+
+def test_refine_survives_compaction_and_old_snapshots_keep_their_file(
+        data: tuple[np.ndarray, np.ndarray], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    gallery, queries = data
+    monkeypatch.setattr(index_mod, "MIN_DEAD_TO_COMPACT", 100)
+    path = tmp_path / "rows.f32"
+    with GalleryIndex(DIM, precision="int8", row_file=path) as index, \
+            GalleryIndex(DIM) as f32:
+        for lo in range(0, 5000, 500):  # growth rewrites the file too
+            ids = np.arange(lo, lo + 500)
+            index.add(ids, "a", gallery[lo:lo + 500])
+            f32.add(ids, "a", gallery[lo:lo + 500])
+        old = index.snapshot()
+        inode = path.stat().st_ino
+        gone = np.random.default_rng(0).choice(5000, 1500, replace=False)
+        index.remove(gone)
+        f32.remove(gone)
+        assert index.snapshot().dead.size == 0  # compacted: a new file was swapped in
+        assert path.stat().st_ino != inode
+        assert path.stat().st_size == 3500 * DIM * 4
+        assert not path.with_name("rows.f32.new").exists()
+        for q in queries:
+            assert_identical(index.search(q, 5), f32.search(q, 5))
+        # The snapshot from before reads its rows from the old, replaced file.
+        assert old.search(gallery[gone[0]], 1)[0].face_id == int(gone[0])
+
+
+def test_row_file_errors(data: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    gallery, queries = data
+    with pytest.raises(GalleryError, match="cannot create row file"):
+        GalleryIndex(DIM, precision="int8", row_file=tmp_path / "missing-dir" / "rows.f32")
+    with pytest.raises(GalleryError, match="only to precision='int8'"):
+        GalleryIndex(DIM, row_file=tmp_path / "rows.f32")
+    with pytest.raises(GalleryError, match="needs a row_file"):
+        GalleryIndex(DIM, precision="int8", refine=True)
+    path = tmp_path / "rows.f32"
+    with GalleryIndex.build(np.arange(1000), "a", gallery[:1000], precision="int8",
+                            row_file=path) as index:
+        index.search(queries[0])
+        with open(path, "r+b") as fh:  # someone else cuts the file short
+            fh.truncate(100 * DIM * 4)
+        with pytest.raises(GalleryError, match="truncated"):
+            index.search(queries[0])
+        before = index.snapshot()
+        with pytest.raises(GalleryError, match="truncated"):
+            index.add([5000], "b", gallery[1000:1001])  # growth copies the file: refused
+        assert index.snapshot() is before and 5000 not in index
+        assert not path.with_name("rows.f32.new").exists()
+
+
 # ---- identities ------------------------------------------------------------------------
 
 def test_identities_are_ranked_by_their_best_face(data: tuple[np.ndarray, np.ndarray]) -> None:
@@ -462,11 +647,13 @@ def test_hit_json() -> None:
 
 # ---- concurrency -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("precision", index_mod.PRECISIONS)
-def test_readers_see_whole_adds_and_removes(precision: index_mod.Precision,
+@pytest.mark.parametrize("precision", [*index_mod.PRECISIONS, "int8+refine"])
+def test_readers_see_whole_adds_and_removes(precision: str, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Groups of 5 faces near a probe come and go in single calls while readers search
-    the probe: a reader sees all five faces of a group or none of them, never part."""
+    the probe: a reader sees all five faces of a group or none of them, never part.
+    With the re-rank, readers also check the hits against the exact rows: appends and
+    compactions (a new row file swapped in) never show a reader a wrong row."""
     # Compact and grow often so copy-and-swap happens under the readers too.
     monkeypatch.setattr(index_mod, "MIN_DEAD_TO_COMPACT", 40)
     monkeypatch.setattr(index_mod, "PARALLEL_MIN_ROWS_F32", 256)
@@ -476,8 +663,15 @@ def test_readers_see_whole_adds_and_removes(precision: index_mod.Precision,
     group_size, cycles = 5, 150
     groups = [noisy(rng, np.repeat(probe[None], group_size, axis=0), 0.1)
               for _ in range(cycles)]
-    index = GalleryIndex(DIM, precision=precision, threads=2)
-    index.add(np.arange(3000), [f"bg{i}" for i in range(3000)], unit_rows(rng, 3000))
+    refine = precision == "int8+refine"
+    index = GalleryIndex(DIM, precision="float32" if precision == "float32" else "int8",
+                         threads=2, row_file=tmp_path / "rows.f32" if refine else None)
+    background = unit_rows(rng, 3000)
+    index.add(np.arange(3000), [f"bg{i}" for i in range(3000)], background)
+    exact = {i: background[i] for i in range(3000)}
+    for g in range(cycles):
+        for j in range(group_size):
+            exact[10_000 + 10 * g + j] = groups[g][j] / np.linalg.norm(groups[g][j])
     stop = threading.Event()
     errors: list[BaseException] = []
     checks = [0]
@@ -491,6 +685,11 @@ def test_readers_see_whole_adds_and_removes(precision: index_mod.Precision,
                     if h.identity_id.startswith("g"):
                         counts[h.identity_id] = counts.get(h.identity_id, 0) + 1
                 assert all(c == group_size for c in counts.values()), counts
+                if refine:
+                    for h in hits:
+                        want = float(exact[h.face_id].astype(np.float64)
+                                     @ (probe.astype(np.float64) / np.linalg.norm(probe)))
+                        assert abs(h.similarity - want) < 1e-6, (h, want)
                 snap = index.snapshot()
                 live = set(snap.live_face_ids().tolist())
                 for g in {int(name[1:]) for name in counts}:
