@@ -8,6 +8,12 @@ every query; queries are timed one at a time, each round in a fresh random order
 the methods, so that background load on a shared machine falls on all of them alike.
 Recall@1 is against an exact float64 search over the same float32 vectors.
 
+``facegate-int8-rerank`` is the int8 index with its exact re-rank: the float32 rows
+sit in a row file on disk (a temporary directory, or ``row_dir``), memory-mapped;
+its ``index_mb`` is what it holds in RAM (codes, scales, ids), ``disk_mb`` the file.
+The file is in the page cache after the build (it was just written), as it would be
+on a device that searches continuously; a search reads only its candidates' pages.
+
 The **memory floor** is the time to stream the float32 matrix through memory once,
 measured in the same rounds as the methods by two read-only passes; the faster p50
 is the floor:
@@ -27,6 +33,8 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +47,12 @@ import numpy as np
 import numpy.typing as npt
 
 from device.errors import DeviceError
-from device.gallery.index import PARALLEL_MIN_ROWS_F32, GalleryIndex, default_threads
+from device.gallery.index import (
+    PARALLEL_MIN_ROWS_F32,
+    GalleryIndex,
+    Precision,
+    default_threads,
+)
 from device.gallery.kernels import load_kernels
 from device.gallery.parallel import run_sliced
 
@@ -58,16 +71,19 @@ class BenchRow:
 
     Attributes:
         size: Gallery rows.
-        method: ``floor``, ``facegate-f32``, ``facegate-int8``, ``faiss-flat``, ``faiss-sq8``.
+        method: ``floor``, ``facegate-f32``, ``facegate-int8``, ``facegate-int8-rerank``,
+            ``faiss-flat``, ``faiss-sq8``.
         p50_ms: Median single-query time.
         p95_ms: 95th-percentile single-query time.
         vs_floor: ``p50_ms`` over the floor's ``p50_ms``.
         recall_probes: Recall@1 on probes (noisy copies of gallery rows).
         recall_strangers: Recall@1 on strangers (random queries).
         recall_all: Recall@1 on all queries.
-        index_mb: Bytes the index stores for its vectors (MiB).
+        index_mb: Bytes the index holds in RAM for its vectors and ids (MiB).
         build_s: Seconds to build the index.
-        note: What the row measures (for the floor: which pass and the bandwidth).
+        note: What the row measures (for the floor: which pass and the bandwidth; for
+            the re-rank: fallbacks and rows re-scored per query).
+        disk_mb: Bytes the index keeps on disk and maps (the re-rank's row file).
     """
 
     size: int
@@ -81,6 +97,7 @@ class BenchRow:
     index_mb: float | None
     build_s: float | None
     note: str = ""
+    disk_mb: float | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -91,6 +108,7 @@ class BenchRow:
             "recall_all": self.recall_all,
             "index_mb": None if self.index_mb is None else round(self.index_mb, 1),
             "build_s": None if self.build_s is None else round(self.build_s, 2),
+            "disk_mb": None if self.disk_mb is None else round(self.disk_mb, 1),
             "note": self.note,
         }
 
@@ -207,6 +225,7 @@ def run(
     with_faiss: bool = True,
     warmup: int = 5,
     progress: Progress = _no_progress,
+    row_dir: str | os.PathLike[str] | None = None,
 ) -> list[BenchRow]:
     """Benchmark every method at every size.
 
@@ -220,6 +239,8 @@ def run(
         with_faiss: Include faiss ``IndexFlatIP`` and ``IndexScalarQuantizer(QT_8bit)``.
         warmup: Untimed queries per method before timing.
         progress: Progress-bar factory for building indexes.
+        row_dir: Where the re-rank's row file goes (a temporary directory in it,
+            removed afterwards); ``None``: the system's temporary directory.
 
     Returns:
         Rows: per size, the floor then each method.
@@ -231,8 +252,9 @@ def run(
     threads = default_threads()
     rows: list[BenchRow] = []
     for size in sizes:
-        rows.extend(_run_size(size, k, queries, strangers, dim, seed, faiss, threads,
-                              warmup, progress))
+        with tempfile.TemporaryDirectory(prefix="facegate-rows-", dir=row_dir) as tmp:
+            rows.extend(_run_size(size, k, queries, strangers, dim, seed, faiss, threads,
+                                  warmup, progress, os.path.join(tmp, "rows.f32")))
         gc.collect()
     return rows
 
@@ -240,6 +262,7 @@ def run(
 def _run_size(
     size: int, k: int, n_queries: int, strangers: float, dim: int, seed: int,
     faiss: ModuleType | None, threads: int, warmup: int, progress: Progress,
+    row_file: str,
 ) -> list[BenchRow]:
     with progress(f"{size:,} vectors", size) as update:
         gallery = make_gallery(size, dim, seed)
@@ -252,16 +275,22 @@ def _run_size(
 
     methods: dict[str, Callable[[np.ndarray], int]] = {}
     info: dict[str, tuple[float, float]] = {}  # method -> (index MiB, build s)
-    indexes: list[GalleryIndex] = []
+    disk: dict[str, float] = {}  # method -> MiB on disk
+    indexes: dict[str, GalleryIndex] = {}
 
-    for precision in ("float32", "int8"):
-        name = "facegate-f32" if precision == "float32" else "facegate-int8"
+    builds: list[tuple[str, Precision, str | None]] = [
+        ("facegate-f32", "float32", None), ("facegate-int8", "int8", None),
+        ("facegate-int8-rerank", "int8", row_file)]
+    for name, precision, path in builds:
         t0 = time.perf_counter()
         with progress(f"build {name}", size) as update:
-            index = GalleryIndex.build(face_ids, identities, gallery,
-                                       precision=precision, progress=update)
-        info[name] = (index.snapshot().nbytes / 2**20, time.perf_counter() - t0)
-        indexes.append(index)
+            index = GalleryIndex.build(face_ids, identities, gallery, precision=precision,
+                                       progress=update, row_file=path)
+        snap = index.snapshot()
+        info[name] = (snap.nbytes / 2**20, time.perf_counter() - t0)
+        if snap.disk_nbytes:
+            disk[name] = snap.disk_nbytes / 2**20
+        indexes[name] = index
         methods[name] = _facegate_search(index, k)
 
     if faiss is not None:
@@ -312,8 +341,15 @@ def _run_size(
                     times[m].append(dt * 1e3)
     finally:
         stream.close()
-        for index in indexes:
+        for index in indexes.values():
             index.close()
+    notes: dict[str, str] = {}
+    for name, index in indexes.items():
+        if index.refine:
+            st = index.refine_stats()
+            notes[name] = (f"re-rank: {st.fallbacks} of {st.queries} queries fell back, "
+                           f"{st.rescored / max(st.queries, 1):.1f} rows re-scored per query "
+                           f"(row file {disk[name]:.0f} MiB on disk, mapped)")
 
     floor_p50 = {m: float(np.median(times[m])) for m in floors}
     best = min(floor_p50, key=lambda m: floor_p50[m])
@@ -332,7 +368,8 @@ def _run_size(
         out.append(BenchRow(
             size, m, float(np.median(t)), float(np.percentile(t, 95)),
             float(np.median(t)) / floor,
-            _mean(hit[~stranger]), _mean(hit[stranger]), _mean(hit), mb, build_s))
+            _mean(hit[~stranger]), _mean(hit[stranger]), _mean(hit), mb, build_s,
+            note=notes.get(m, ""), disk_mb=disk.get(m)))
     return out
 
 
