@@ -19,6 +19,7 @@ its own section next to its code; :class:`FacegateConfig` composes them::
     [health]                                # health interval, file, temperature
     [mqtt]                                  # device.events: MqttConfig (without unit_id)
     [audit]                                 # device.audit: AuditConfig
+    [retention]                             # device.retention: RetentionConfig
     [sync]                                  # device.gallery.sync: over-the-air galleries
 
 Secrets are never in this file: ``mqtt.password_file`` and ``mqtt.key_file`` name
@@ -46,6 +47,7 @@ from device.events.schema import is_valid_id
 from device.gallery.records import GalleryConfig
 from device.gallery.sync.config import SyncConfig
 from device.paths import default_state_dir
+from device.retention import RetentionConfig
 from device.service.thresholds import MAX_SAFE_FMR
 from device.vision.blazeface import BlazeFaceConfig
 from device.vision.detect import DetectorConfig
@@ -244,6 +246,11 @@ class FacegateConfig(Section):
     )
     audit: AuditConfig = Field(
         default_factory=AuditConfig, description="The hash-chained audit log."
+    )
+    retention: RetentionConfig = Field(
+        default_factory=RetentionConfig,
+        description="Purge of expired identities (with a share guard), outbox retention; "
+        "the audit log's window is [audit] retention_days.",
     )
     sync: SyncConfig | None = Field(
         None,

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from device.audit import AuditLog, record_hash
+from device.audit import AuditKind, AuditLog, record_hash
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
 COLUMNS = ("ts", "kind", "actor", "payload", "prev_hash", "hash")
@@ -55,7 +55,8 @@ def build_chain(path: Path, clock: StepClock | None = None) -> list[str]:
                               samples_removed=4, actor="cli"),
             log.record_retention_purge("events", cutoff=T0, count=12),
             log.record_match("evt-0100", None, 0.41, 0.6, 2, "front", decision="reject"),
-            log.record_config_change("mqtt.url", "mqtt://a", "mqtts://b", actor="cli"),
+            log.append(AuditKind.RETENTION_REFUSED, {"target": "gallery", "expired": 9,
+                                                     "identities": 10}, actor="retention"),
             log.record_service_stop("shutdown"),
         ]
         hashes = [r.hash for r in recs]

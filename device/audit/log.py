@@ -630,14 +630,35 @@ class AuditLog:
         reason: str,
         samples_removed: int,
         actor: str,
+        details: Mapping[str, object] | None = None,
     ) -> AuditRecord:
-        """An identity was deleted. The log keeps the fact, never the biometric data."""
-        return self.append(
-            AuditKind.DELETE,
-            {"identity_id": identity_id, "gallery_version": gallery_version, "reason": reason,
-             "samples_removed": int(samples_removed)},
-            actor=actor,
-        )
+        """An identity was deleted. The log keeps the fact, never the biometric data.
+
+        The identity is named by its id only, never by its label: after an erasure
+        the label must be in no file on the unit, and this log is never erased.
+
+        Args:
+            identity_id: The deleted identity.
+            gallery_version: The gallery's version after the deletion.
+            reason: Why (``cli``, ``expired``, …).
+            samples_removed: How many faces went with it.
+            actor: Who deleted it.
+            details: More facts (``erase``, ``outbox_erased``, ``expires_at``); they
+                must not repeat the keys above.
+
+        Raises:
+            AuditError: As :meth:`append`; or ``details`` overrides a key above.
+        """
+        payload: dict[str, object] = {
+            "identity_id": identity_id, "gallery_version": gallery_version, "reason": reason,
+            "samples_removed": int(samples_removed),
+        }
+        if details:
+            clash = sorted(set(details) & set(payload))
+            if clash:
+                raise AuditError(f"delete record details repeat {', '.join(clash)}")
+            payload.update(details)
+        return self.append(AuditKind.DELETE, payload, actor=actor)
 
     def record_sync_applied(
         self,

@@ -58,6 +58,7 @@ class AuditKind(StrEnum):
     SYNC_REFUSED = "sync_refused"
     MATCH_DECISION = "match_decision"
     RETENTION_PURGE = "retention_purge"
+    RETENTION_REFUSED = "retention_refused"
 
 
 @dataclass(frozen=True)
