@@ -6,13 +6,18 @@ directory) and ``--json``. Embeddings are never printed.
 
 from __future__ import annotations
 
+import getpass
+import os
 from pathlib import Path
 
 import click
 
+from device.audit import AuditLog, default_audit_path
 from device.cli import main
 from device.cli.common import emit_json, handle_errors, json_option
 from device.errors import GalleryError
+from device.events.config import OUTBOX_FILENAME
+from device.events.outbox import Outbox
 from device.gallery.exchange import read_export
 from device.gallery.records import Identity, iso_time
 from device.gallery.store import GalleryStore, integrity_check
@@ -115,37 +120,103 @@ def show(identity_id: str, db_path: Path | None, as_json: bool) -> None:
                    f"{_date(f.created_at)}")
 
 
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid{os.getuid()}"
+
+
+def _erasure_paths(config_path: Path | None, db_path: Path | None, outbox_path: Path | None,
+                   audit_path: Path | None) -> tuple[Path, Path | None, Path | None]:
+    """Gallery, outbox and audit log: the options, else the config's, else the state
+    directory's (outbox and audit log only if they exist there)."""
+    if config_path is not None:
+        from device.service_config import load_config  # the service's models: only here
+
+        config, _ = load_config(config_path)
+        return (db_path or config.gallery_path, outbox_path or config.mqtt.outbox_path,
+                audit_path or config.audit_path)
+    state = default_state_dir()
+    if outbox_path is None and (state / OUTBOX_FILENAME).exists():
+        outbox_path = state / OUTBOX_FILENAME
+    if audit_path is None and default_audit_path().exists():
+        audit_path = default_audit_path()
+    return gallery_path(db_path), outbox_path, audit_path
+
+
 @gallery_group.command("delete")
 @click.argument("identity_id")
 @click.option("--erase", is_flag=True,
               help="Also rebuild the database file (VACUUM) so nothing of the identity "
-                   "remains in any page.")
+                   "remains in any page, and erase the identity's pending events from the "
+                   "outbox.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--config", "config_path", default=None,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The unit's configuration: its gallery, outbox and audit log.")
+@click.option("--outbox", "outbox_path", default=None,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Outbox to erase the identity's pending events from. [default: the "
+                   "config's, else the state directory's outbox.sqlite3 if it exists]")
+@click.option("--audit-log", "audit_path", default=None,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Audit log to record the deletion in. [default: the config's, else the "
+                   "state directory's audit.db if it exists]")
 @db_option
 @json_option
 @handle_errors
-def delete(identity_id: str, erase: bool, yes: bool, db_path: Path | None,
+def delete(identity_id: str, erase: bool, yes: bool, config_path: Path | None,
+           outbox_path: Path | None, audit_path: Path | None, db_path: Path | None,
            as_json: bool) -> None:
     """Delete an identity and its faces; their embeddings leave the files on disk.
 
     The rows are deleted with SQLite's secure_delete and the write-ahead log is
     truncated; the command then checks that no deleted embedding's bytes remain in
-    the database, its WAL or its shared-memory file.
+    the database, its WAL or its shared-memory file. With --erase the file is also
+    rebuilt and the identity's pending events leave the outbox (file and WAL). The
+    audit log records the deletion by identity id only: never the label, never
+    biometric data. Events already sent cannot be recalled.
     """
-    with GalleryStore(gallery_path(db_path)) as store:
+    path, outbox_file, audit_file = _erasure_paths(config_path, db_path, outbox_path,
+                                                   audit_path)
+    with GalleryStore(path) as store:
         ident = store.get(identity_id)
         if not yes:
             click.confirm(
                 f"Delete {ident.id} ({ident.label}) and its {ident.face_count} faces"
-                f"{' and erase them from the file' if erase else ''}?",
+                f"{' and erase them from the file and the outbox' if erase else ''}?",
                 abort=True, err=True,
             )
         report = store.delete_identity(identity_id, erase=erase)
+        version = store.metadata().version
+    erased: int | None = None
+    if erase and outbox_file is not None:
+        if outbox_file.exists():
+            with Outbox(outbox_file) as outbox:
+                erased = outbox.delete_for_identity(identity_id)
+        else:
+            erased = 0
+    if audit_file is not None:
+        with AuditLog(audit_file) as audit:
+            audit.record_delete(
+                identity_id, gallery_version=version, reason="cli",
+                samples_removed=report.faces, actor=_actor(),
+                details={"erase": erase, "outbox_erased": erased},
+            )
     if as_json:
-        emit_json({**report.to_json(), "label": ident.label})
+        emit_json({**report.to_json(), "label": ident.label, "outbox_erased": erased,
+                   "audited": audit_file is not None})
         return
     click.echo(f"deleted {ident.id} ({ident.label}): {report.faces} faces"
-               f"{', file rebuilt' if report.erased else ''}")
+               f"{', file rebuilt' if report.erased else ''}"
+               f"{f', {erased} pending events erased from the outbox' if erased else ''}")
+    if erase and outbox_file is None:
+        click.echo("no outbox found: pass --config or --outbox to erase pending events too",
+                   err=True)
+    if audit_file is None:
+        click.echo("no audit log found: the deletion is not recorded (pass --config or "
+                   "--audit-log)", err=True)
 
 
 @gallery_group.command("export")

@@ -19,6 +19,12 @@ def run(*args: str, input: str | None = None, env: dict[str, str] | None = None)
                               catch_exceptions=False)
 
 
+@pytest.fixture(autouse=True)
+def _empty_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test here may find (and write to) a real unit's audit log or outbox."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "no-state"))
+
+
 @pytest.fixture()
 def seeded(tmp_path: Path) -> tuple[Path, dict[str, tuple[str, list[bytes]]]]:
     """A gallery with three people; returns its path and label -> (id, embedding bytes)."""
@@ -96,7 +102,8 @@ def test_delete_asks_first_and_erase_removes_the_bytes(
     res = run("delete", ident, "--erase", "--yes", "--db", str(db), "--json")
     assert res.exit_code == 0, res.stdout
     assert json.loads(res.stdout) == {"identity_ids": [ident], "faces": 3, "erased": True,
-                                      "label": "Bartholomew Quist"}
+                                      "label": "Bartholomew Quist", "outbox_erased": None,
+                                      "audited": False}
     files = raw_files(db)
     for b in gone:
         assert where(files, b) == []
