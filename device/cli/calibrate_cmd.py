@@ -98,6 +98,10 @@ def calibrate(pairs_csv: Path | None, root: Path | None, identities: Path | None
             genuine = _genuine(embedded.matrix, embedded.labels)
             source = (f"all {impostor.size} cross-identity pairs of {len(embedded)} images of "
                       f"{len(set(embedded.labels))} identities under {identities.name}/")
+        template = embedder.template
+        source += (f"; faces by the still-photo finder, aligned on {'+'.join(template.keypoints)} "
+                   f"at {np.round(np.asarray(template.points, dtype=np.float64), 2).tolist()} "
+                   f"(border {template.border}), flip-averaged {embedder.config.flip_average}")
     if impostor.size == 0:
         raise ConfigError("no impostor comparisons: nothing to calibrate on")
     fallbacks = int(embedded.fallback.sum())
