@@ -16,6 +16,7 @@ interpreter comes from the same place as the runtime's (``ai_edge_litert``, else
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -96,6 +97,7 @@ class DlibResnetTFLite:
         self._interpreter: Any = interpreter
         self._input = int(inputs[0]["index"])
         self._output = int(outputs[0]["index"])
+        self._batch = 1
         logger.debug("loaded %s with %d thread(s)", self.model_path, num_threads)
 
     @classmethod
@@ -119,12 +121,32 @@ class DlibResnetTFLite:
             ModelError: The chip is malformed (see :func:`check_chip`) or the runner is
                 closed.
         """
+        out: NDArray[np.float32] = self.run_batch([chip])[0]
+        return out
+
+    def run_batch(self, chips: Sequence[NDArray[Any]]) -> NDArray[np.float32]:
+        """Raw descriptors of several chips in one invocation, ``(len(chips), 128)``.
+
+        One invocation of a batch is cheaper than one per chip (XNNPACK's GEMMs get
+        more rows): a chip and its mirror image cost about 1.6 single runs, not 2.
+        The interpreter is resized when the batch size changes.
+
+        Raises:
+            ModelError: No chips, a chip is malformed (see :func:`check_chip`), or the
+                runner is closed.
+        """
         if self._interpreter is None:
             raise ModelError(f"{self.model_path}: the runner is closed")
-        batch = check_chip(chip)
+        if not chips:
+            raise ModelError("no face chips to run")
+        batch = np.concatenate([check_chip(chip) for chip in chips])
+        if batch.shape[0] != self._batch:
+            self._interpreter.resize_tensor_input(self._input, [batch.shape[0], *CHIP_SHAPE])
+            self._interpreter.allocate_tensors()
+            self._batch = batch.shape[0]
         self._interpreter.set_tensor(self._input, batch)
         self._interpreter.invoke()
-        out: NDArray[np.float32] = self._interpreter.get_tensor(self._output)[0].copy()
+        out: NDArray[np.float32] = self._interpreter.get_tensor(self._output).copy()
         return out
 
     def fully_delegated(self) -> bool:

@@ -208,10 +208,12 @@ class DlibTFLiteEmbedder:
             ModelError: Wrong chip size, or the embedder is closed.
         """
         check_chip_size(chip, self._input_size, self._model_id)
-        raw = self._runner.run(chip.image).astype(np.float64)
-        if self.config.flip_average:
-            raw = raw + self._runner.run(np.ascontiguousarray(chip.image[:, ::-1]))
-        return raw.astype(np.float32)
+        if not self.config.flip_average:
+            single: FloatArray = self._runner.run(chip.image)
+            return single
+        both = self._runner.run_batch([chip.image, np.ascontiguousarray(chip.image[:, ::-1])])
+        summed: FloatArray = both.astype(np.float64).sum(axis=0).astype(np.float32)
+        return summed
 
     def embed(self, chips: Sequence[FaceChip]) -> list[Embedding]:
         """L2-normalised embeddings, one per chip.
@@ -486,8 +488,9 @@ def embed_faces(
     Args:
         image: RGB ``uint8`` ``(H, W, 3)``.
         detector: Face detector with keypoints; a
-            :class:`~device.vision.stills.StillFaceFinder` (zoom-out retry, keypoint
-            refinement) is what photos want, and then only the faces used are refined.
+            :class:`~device.vision.stills.StillFaceFinder` (close-range pass for tight
+            crops, keypoint refinement) is what photos want, and then only the faces
+            used are refined.
         embedder: The embedder; its template aligns the chips.
         all_faces: Embed every face instead of only the largest.
         fallback_whole: When no face is found, embed the whole image as if it were

@@ -1,4 +1,4 @@
-"""Finding faces in still photos for embedding: zoom-out retry and keypoint refinement.
+"""Finding faces in still photos for embedding: a close-range pass and keypoint refinement.
 
 Two things a single BlazeFace pass does badly on photos, both measured on
 ``../shared/datasets`` (see ``models/derive_template.py``):
@@ -7,6 +7,11 @@ Two things a single BlazeFace pass does badly on photos, both measured on
   BlazeFace was trained with context around faces and misses most of them (the
   full-range model found 204 of 1,025 LFW crops). Zooming out — padding the image
   with black — finds them: the short-range model with a 20 % margin found all 1,025.
+  It runs on every photo, not only when the full-range pass finds nothing: on a
+  tight crop the full-range model may find only a small face in the background and
+  miss the large one in front (LFW's Colin_Powell_0148), and the largest face is
+  the one wanted. Its faces and the full-range pass's are merged (IoU > 0.3: one
+  face, the higher score kept).
 * **Keypoint precision** depends on the face's size in the model input: a face
   filling the input, or a small face in a large frame, gets coarse keypoints. A
   second pass of the full-range model on a square crop three times the face's size
@@ -24,13 +29,14 @@ import logging
 from pathlib import Path
 from types import TracebackType
 
+import cv2
 import numpy as np
 from pydantic import Field
 
 from device.config import Section
 from device.types import Detection, Image
 from device.vision import models as model_manifest
-from device.vision.align import apply_transform, invert_transform, warp
+from device.vision.align import apply_transform
 from device.vision.blazeface import DEFAULT_THRESHOLD, BlazeFaceConfig, BlazeFaceDetector
 from device.vision.detect import Detector
 from device.vision.timing import StageTimer
@@ -39,10 +45,13 @@ logger = logging.getLogger(__name__)
 
 #: Crop side for refinement, as a multiple of the face box's longer side.
 REFINE_SCALE = 3.0
-#: Largest refinement crop, in pixels (BlazeFace's letterbox scales it to 192 anyway).
-REFINE_MAX_SIDE = 576
+#: Larger refinement crops are shrunk to this side first (by area, as the letterbox
+#: would), to bound memory on huge photos.
+REFINE_MAX_SIDE = 1024
 #: A refined detection replaces the original only if their boxes overlap this much.
 REFINE_MIN_IOU = 0.3
+#: Detections of the two passes overlapping more than this are the same face.
+MERGE_IOU = 0.3
 
 
 def zoom_out(image: Image, margin: float) -> tuple[Image, int]:
@@ -51,8 +60,6 @@ def zoom_out(image: Image, margin: float) -> tuple[Image, int]:
     Returns:
         The padded image and the pad in pixels (0: the image itself).
     """
-    import cv2
-
     pad = round(margin * max(image.shape[0], image.shape[1]))
     if pad <= 0:
         return image, 0
@@ -93,6 +100,32 @@ def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, flo
     return inter / union if union > 0 else 0.0
 
 
+def merge_detections(first: list[Detection], second: list[Detection]) -> list[Detection]:
+    """Union of two passes' faces: overlapping ones (IoU > :data:`MERGE_IOU`) are one face,
+    the higher-scoring detection kept."""
+    merged = list(first)
+    for det in second:
+        twins = [k for k, d in enumerate(merged) if _iou(d.box, det.box) > MERGE_IOU]
+        if not twins:
+            merged.append(det)
+            continue
+        best = max(twins, key=lambda k: merged[k].score)
+        if det.score > merged[best].score:
+            merged[best] = det
+    return merged
+
+
+def _crop(image: Image, x0: int, y0: int, side: int) -> Image:
+    """The ``side``-square of ``image`` at ``(x0, y0)``, black where it leaves the image."""
+    height, width = image.shape[:2]
+    out = np.zeros((side, side, 3), np.uint8)
+    sx0, sy0 = max(x0, 0), max(y0, 0)
+    sx1, sy1 = min(x0 + side, width), min(y0 + side, height)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    return out
+
+
 def refine_detection(
     image: Image,
     detection: Detection,
@@ -111,23 +144,27 @@ def refine_detection(
         ModelError: Inference failed.
     """
     x, y, w, h = detection.box
-    side = scale * max(w, h)
+    side = round(scale * max(w, h))
     if side <= 1:
         return detection
-    out = int(min(round(side), REFINE_MAX_SIDE))
-    s = out / side
-    cx, cy = x + w / 2, y + h / 2
-    to_crop = np.array([[s, 0.0, out / 2 - s * cx], [0.0, s, out / 2 - s * cy]])
-    crop = warp(image, to_crop, (out, out), border="constant").image
+    x0, y0 = round(x + w / 2 - side / 2), round(y + h / 2 - side / 2)
+    crop = _crop(image, x0, y0, side)  # whole pixels: no resampling
+    s = 1.0
+    if side > REFINE_MAX_SIDE:  # shrink huge crops once, by area (letterbox would anyway)
+        s = REFINE_MAX_SIDE / side
+        crop = np.asarray(
+            cv2.resize(crop, (REFINE_MAX_SIDE, REFINE_MAX_SIDE), interpolation=cv2.INTER_AREA),
+            dtype=np.uint8,
+        )
     found = detector.detect(crop, timer)
     if not found:
         return detection
-    centre = np.array([out / 2, out / 2])
+    centre = np.array([crop.shape[1] / 2, crop.shape[0] / 2])
     best = min(
         found,
         key=lambda d: float(np.hypot(*(np.array(d.box[:2]) + np.array(d.box[2:]) / 2 - centre))),
     )
-    back = invert_transform(to_crop)
+    back = np.array([[1 / s, 0.0, x0], [0.0, 1 / s, y0]])
     corner = apply_transform(back, [best.box[:2]])[0]
     box = (float(corner[0]), float(corner[1]), best.box[2] / s, best.box[3] / s)
     if _iou(box, detection.box) < REFINE_MIN_IOU:
@@ -147,14 +184,15 @@ class StillFinderConfig(Section):
     threshold: float = Field(
         DEFAULT_THRESHOLD, ge=0.0, le=1.0, description="Minimum BlazeFace score, every pass."
     )
-    retry: bool = Field(
+    close_range: bool = Field(
         True,
-        description="When the full-range model finds nothing, retry with the short-range "
-        "model on the image zoomed out (tightly cropped faces).",
+        description="Also run the short-range model on the image zoomed out, and merge its "
+        "faces (tightly cropped faces, which the full-range model misses).",
     )
-    retry_margin: float = Field(
+    close_range_margin: float = Field(
         0.2, ge=0.0, le=2.0,
-        description="Zoom-out margin of the retry, as a share of the image's longer side.",
+        description="Zoom-out margin of the close-range pass, as a share of the image's "
+        "longer side.",
     )
     refine: bool = Field(
         True,
@@ -171,39 +209,44 @@ class StillFinderConfig(Section):
 class StillFaceFinder:
     """A :class:`~device.vision.detect.Detector` for still photos.
 
-    ``primary`` runs on the image; if it finds nothing and a ``retry`` detector is
-    given, ``retry`` runs on the image zoomed out by ``retry_margin``; then, if a
-    ``refiner`` is given, each face's keypoints are refined (:func:`refine_detection`).
+    ``primary`` runs on the image and, if given, ``close_range`` on the image zoomed
+    out by ``close_range_margin``; their faces are merged (:func:`merge_detections`);
+    then, if a ``refiner`` is given, each face's keypoints are refined
+    (:func:`refine_detection`).
     Detectors passed in belong to the caller; :meth:`from_config` opens its own, and
     ``close()`` closes those.
 
     Args:
         primary: First-pass detector (BlazeFace full-range for photos of scenes).
-        retry: Detector for the zoomed-out retry (BlazeFace short-range suits
-            tightly cropped faces); ``None`` for no retry.
-        retry_margin: Zoom-out margin for the retry, as a share of the longer side.
+        close_range: Detector for the zoomed-out pass (BlazeFace short-range suits
+            tightly cropped faces); ``None`` for none.
+        close_range_margin: Zoom-out margin of that pass, as a share of the longer side.
         refiner: Detector for the refinement pass (BlazeFace full-range); ``None``
             to keep the first pass's keypoints.
         refine_scale: Refinement crop side over the face box's longer side.
+        retry: Former name of ``close_range`` (that pass ran only when the full-range
+            pass found nothing; it now always runs), kept for existing callers.
     """
 
     def __init__(
         self,
         primary: Detector,
         *,
-        retry: Detector | None = None,
-        retry_margin: float = 0.2,
+        close_range: Detector | None = None,
+        close_range_margin: float = 0.2,
         refiner: Detector | None = None,
         refine_scale: float = REFINE_SCALE,
+        retry: Detector | None = None,
     ) -> None:
-        if retry_margin < 0 or refine_scale < 1:
+        close_range = close_range if close_range is not None else retry
+        if close_range_margin < 0 or refine_scale < 1:
             raise ValueError(
-                f"retry_margin must be >= 0 and refine_scale >= 1, got {retry_margin}, "
-                f"{refine_scale}"
+                f"close_range_margin must be >= 0 and refine_scale >= 1, got "
+                f"{close_range_margin}, {refine_scale}"
             )
         self.primary = primary
-        self.retry = retry
-        self.retry_margin = retry_margin
+        self.close_range = close_range
+        self.close_range_margin = close_range_margin
         self.refiner = refiner
         self.refine_scale = refine_scale
         self._owned: list[BlazeFaceDetector] = []
@@ -230,7 +273,7 @@ class StillFaceFinder:
         owned = [full]
         try:
             short = None
-            if config.retry:
+            if config.close_range:
                 short = BlazeFaceDetector(
                     BlazeFaceConfig(model="short", threshold=config.threshold,
                                     num_threads=config.num_threads),
@@ -241,7 +284,7 @@ class StillFaceFinder:
             full.close()
             raise
         finder = cls(
-            full, retry=short, retry_margin=config.retry_margin,
+            full, close_range=short, close_range_margin=config.close_range_margin,
             refiner=full if config.refine else None, refine_scale=config.refine_scale,
         )
         finder._owned = owned
@@ -262,9 +305,9 @@ class StillFaceFinder:
             ValueError: ``image`` is not ``(H, W, 3)``.
         """
         found = self.primary.detect(image, timer)
-        if not found and self.retry is not None:
-            found = detect_zoomed_out(image, self.retry, self.retry_margin, timer)
-            logger.debug("zoomed-out retry found %d face(s)", len(found))
+        if self.close_range is not None:
+            near = detect_zoomed_out(image, self.close_range, self.close_range_margin, timer)
+            found = merge_detections(found, near)
         found = sorted(found, key=lambda d: d.area, reverse=True)
         if largest_only:
             found = found[:1]

@@ -1,0 +1,120 @@
+"""The still-photo face finder with fake detectors: merge of the two passes, zoom-out
+coordinates, refinement mapping back to the frame, and the largest-face choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from device.types import Detection, Image
+from device.vision import stills
+
+
+class Recorder:
+    """A detector returning fixed faces (in the coordinates of the image it is given)."""
+
+    def __init__(self, faces: list[Detection] | None = None,
+                 by_shape: dict[tuple[int, int], list[Detection]] | None = None) -> None:
+        self.faces = faces or []
+        self.by_shape = by_shape or {}
+        self.shapes: list[tuple[int, ...]] = []
+
+    def detect(self, image: Image, timer: object = None) -> list[Detection]:
+        self.shapes.append(image.shape)
+        return list(self.by_shape.get(image.shape[:2], self.faces))
+
+    def close(self) -> None:
+        pass
+
+
+def _det(x: float, y: float, size: float, score: float = 0.9) -> Detection:
+    kps = tuple((x + size * fx, y + size * fy) for fx, fy in
+                [(0.3, 0.35), (0.7, 0.35), (0.5, 0.55), (0.5, 0.75), (0.1, 0.4), (0.9, 0.4)])
+    return Detection(box=(x, y, size, size), score=score, keypoints=kps)
+
+
+def test_zoom_out_pads_and_shifts_back() -> None:
+    image = np.full((100, 200, 3), 7, np.uint8)
+    padded, pad = stills.zoom_out(image, 0.2)
+    assert pad == 40 and padded.shape == (180, 280, 3)
+    assert padded[:40].max() == 0 and padded[40:140, 40:240].min() == 7
+    assert stills.zoom_out(image, 0.0)[1] == 0
+    inner = Recorder([_det(50, 60, 80)])
+    (found,) = stills.detect_zoomed_out(image, inner, 0.2)
+    assert found.box == (10, 20, 80, 80)
+    assert found.keypoints[0] == pytest.approx((10 + 24, 20 + 28))
+
+
+def test_merge_keeps_one_of_overlapping_faces_and_the_rest() -> None:
+    a, b = _det(0, 0, 100, 0.8), _det(300, 0, 50, 0.9)
+    twin = _det(5, 5, 100, 0.95)
+    merged = stills.merge_detections([a, b], [twin, _det(600, 0, 40, 0.7)])
+    assert [d.box for d in merged] == [twin.box, b.box, (600, 0, 40, 40)]
+    assert stills.merge_detections([a], [_det(5, 5, 100, 0.5)]) == [a]
+
+
+def test_close_range_pass_finds_the_large_face_the_full_range_pass_missed() -> None:
+    # Full range finds only a small background face; the zoomed-out short range finds
+    # the big one in front. The largest is the one returned.
+    image = np.zeros((350, 350, 3), np.uint8)
+    full = Recorder([_det(20, 20, 40)])
+    pad = 70  # 0.2 * 350
+    short = Recorder([_det(30 + pad, 40 + pad, 280)])
+    finder = stills.StillFaceFinder(full, close_range=short, close_range_margin=0.2)
+    found = finder.find(image, largest_only=True)
+    assert len(found) == 1 and found[0].box == (30, 40, 280, 280)
+    assert short.shapes == [(490, 490, 3)]
+    assert [d.box[2] for d in finder.detect(image)] == [280, 40]
+
+
+def test_former_retry_keyword_still_works() -> None:
+    short = Recorder([_det(100, 100, 100)])
+    finder = stills.StillFaceFinder(Recorder(), retry=short, close_range_margin=0.0)
+    assert finder.close_range is short
+    assert finder.find(np.zeros((300, 300, 3), np.uint8))[0].box == (100, 100, 100, 100)
+
+
+def test_refinement_maps_the_crop_back_to_the_frame() -> None:
+    image = np.zeros((400, 400, 3), np.uint8)
+    first = _det(150, 150, 100)
+    # In the 300-px crop around it (from (50, 50)), the face sits at (102, 98) size 96.
+    refiner = Recorder(by_shape={(300, 300): [_det(102, 98, 96), _det(0, 0, 30)]})
+    refined = stills.refine_detection(image, first, refiner, scale=3.0)
+    assert refined.box == pytest.approx((152, 148, 96, 96))
+    assert refined.keypoints[3] == pytest.approx((152 + 48, 148 + 72))
+    assert refined.score == first.score
+
+
+def test_refinement_of_a_huge_face_shrinks_the_crop_and_scales_back() -> None:
+    image = np.zeros((1200, 1200, 3), np.uint8)
+    first = _det(300, 300, 600)  # crop side 1800 -> shrunk to REFINE_MAX_SIDE
+    m = stills.REFINE_MAX_SIDE
+    s = m / 1800
+    inner = _det(600 * s, 600 * s, 600 * s)  # the crop starts at (-300, -300)
+    refiner = Recorder(by_shape={(m, m): [inner]})
+    refined = stills.refine_detection(image, first, refiner, scale=3.0)
+    assert refined.box == pytest.approx((300, 300, 600, 600), abs=1e-6)
+
+
+def test_refinement_keeps_the_first_pass_when_nothing_or_another_face_is_found() -> None:
+    image = np.zeros((400, 400, 3), np.uint8)
+    first = _det(150, 150, 100)
+    assert stills.refine_detection(image, first, Recorder([])) is first
+    elsewhere = Recorder(by_shape={(300, 300): [_det(0, 0, 40)]})
+    assert stills.refine_detection(image, first, elsewhere) is first
+
+
+def test_only_the_largest_face_is_refined_when_asked() -> None:
+    image = np.zeros((600, 600, 3), np.uint8)
+    refiner = Recorder([])
+    finder = stills.StillFaceFinder(Recorder([_det(0, 0, 50), _det(200, 200, 200)]),
+                                    refiner=refiner)
+    finder.find(image, largest_only=True)
+    assert len(refiner.shapes) == 1
+    finder.find(image)
+    assert len(refiner.shapes) == 3
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="refine_scale"):
+        stills.StillFaceFinder(Recorder(), refine_scale=0.5)
