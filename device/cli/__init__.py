@@ -42,3 +42,5 @@ from device.cli import enroll_cmd  # noqa: E402,F401  # isort: skip
 from device.cli import identify_cmd  # noqa: E402,F401  # isort: skip
 from device.cli import calibrate_cmd  # noqa: E402,F401  # isort: skip
 from device.cli import eval_identify_cmd  # noqa: E402,F401  # isort: skip
+from device.cli import embed_cmd  # noqa: E402,F401  # isort: skip
+from device.cli import eval_cmd  # noqa: E402,F401  # isort: skip

@@ -1,4 +1,6 @@
-"""``facegate bench embed``: the dlib encoder as TFLite vs dlib's own code, per chip."""
+"""``facegate bench embed`` (the dlib encoder as TFLite vs dlib's own code, per chip) and
+``facegate bench embed-compare`` (facegate's embedder and pipeline vs dlib and
+face_recognition, per face, interleaved)."""
 
 from __future__ import annotations
 
@@ -151,3 +153,122 @@ def bench_embed(
         if delegated
         else "WARNING: XNNPACK did not take the whole graph; some ops run on reference kernels"
     )
+
+
+@bench.command("embed-compare")
+@click.option("--images", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Image file or folder of face photos (default: the astronaut sample).")
+@click.option("--faces", "count", default=20, show_default=True,
+              help="Faces (images) to time; each is timed once per system.")
+@click.option("--threads", default=2, show_default=True, help="TFLite interpreter threads.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Model cache holding the built dlib-resnet-v1.")
+@json_option
+@handle_errors
+def bench_embed_compare(images: Path | None, count: int, threads: int, cache_dir: Path | None,
+                        as_json: bool) -> None:
+    """Time per face, side by side in one run: facegate vs dlib and face_recognition.
+
+    Embedding only: facegate's Embedder (dlib ResNet as TFLite, mirror-averaged: two
+    inferences per face; and without the mirror) on the aligned chip, against dlib's
+    compute_face_descriptor on dlib's own chip of the same face. Whole pipeline:
+    facegate's detect + align + embed against face_recognition's face_locations (HOG)
+    + face_encodings. Each round times every system once on the same face, in turn.
+    Needs dlib-bin and face_recognition (bench-only dependencies).
+    """
+    from device.imageio import iter_image_files, read_image
+    from device.vision import samples
+    from device.vision.embed import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig, embed_faces
+    from device.vision.stills import StillFaceFinder
+
+    try:
+        import dlib
+        import face_recognition
+        import face_recognition_models
+    except ImportError as exc:
+        raise DeviceError(
+            f"bench embed-compare needs dlib-bin and face_recognition ({exc})"
+        ) from exc
+    photos = (
+        [read_image(p) for p in iter_image_files(images)[:count]] if images is not None
+        else [samples.astronaut()]
+    )
+    if not photos:
+        raise DeviceError(f"{images}: no image files found")
+    models = face_recognition_models
+    predictor = dlib.shape_predictor(models.pose_predictor_five_point_model_location())
+    encoder = dlib.face_recognition_model_v1(models.face_recognition_model_location())
+    hog = dlib.get_frontal_face_detector()
+    flip_cfg = DlibTFLiteEmbedderConfig(num_threads=threads, flip_average=True)
+    single_cfg = DlibTFLiteEmbedderConfig(num_threads=threads, flip_average=False)
+    with StillFaceFinder.from_config(cache_dir=cache_dir) as finder, \
+            DlibTFLiteEmbedder(flip_cfg, cache_dir=cache_dir) as flipped, \
+            DlibTFLiteEmbedder(single_cfg, cache_dir=cache_dir) as single:
+        from device.vision.align import align
+
+        cases = []
+        for photo in photos:
+            found = finder.find(photo, largest_only=True)
+            rects = hog(photo, 1)
+            if not found or not rects:
+                continue
+            chip = align(photo, found[0], flipped.template)
+            shape = predictor(photo, max(rects, key=lambda r: r.area()))
+            dlib_chip = dlib.get_face_chip(photo, shape, size=150, padding=0.25)
+            cases.append((photo, chip, dlib_chip))
+        if not cases:
+            raise DeviceError("no image had a face found by both BlazeFace and dlib's HOG")
+        rounds = max(count, len(cases))
+        k = [0]
+
+        def case() -> tuple[Any, Any, Any]:
+            return cases[k[0] % len(cases)]
+
+        systems: dict[str, Callable[[], Any]] = {
+            f"facegate embed (mirror-averaged, {threads} threads)":
+                lambda: flipped.embed([case()[1]]),
+            f"facegate embed (single, {threads} threads)": lambda: single.embed([case()[1]]),
+            "dlib compute_face_descriptor": lambda: encoder.compute_face_descriptor(case()[2]),
+            f"facegate detect+align+embed ({threads} threads)":
+                lambda: embed_faces(case()[0], finder, flipped),
+            "face_recognition locations+encodings":
+                lambda: face_recognition.face_encodings(
+                    case()[0], known_face_locations=face_recognition.face_locations(case()[0])),
+        }
+        names = list(systems)
+        for _ in range(2):  # warm-up
+            for fn in systems.values():
+                fn()
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for r in range(rounds):
+            k[0] = r
+            for name in names:
+                started = time.perf_counter()
+                systems[name]()
+                times[name].append((time.perf_counter() - started) * 1000)
+    dlib_ms = statistics.median(times["dlib compute_face_descriptor"])
+    fr_ms = statistics.median(times["face_recognition locations+encodings"])
+    rows = []
+    for name in names:
+        row = _row(name, "", times[name])
+        row.pop("threads")
+        row["faces"] = len(times[name])
+        row["ratio_to_dlib_descriptor"] = round(row["median_ms"] / dlib_ms, 4)
+        rows.append(row)
+    ratio = rows[0]["median_ms"] / dlib_ms
+    pipeline_ratio = rows[3]["median_ms"] / fr_ms
+    if as_json:
+        emit_json({"faces": len(cases), "rounds": rounds, "rows": rows,
+                   "embed_ratio_to_dlib": round(ratio, 4), "floor": round(FLOOR, 4),
+                   "meets_floor": ratio <= FLOOR,
+                   "pipeline_ratio_to_face_recognition": round(pipeline_ratio, 4)})
+        return
+    click.echo(f"time per face, {len(cases)} faces, {rounds} interleaved rounds:")
+    click.echo(f"{'system':<48} {'median ms':>10} {'p90 ms':>8} {'x dlib desc':>11}")
+    for row in rows:
+        click.echo(f"{row['embedder']:<48} {row['median_ms']:>10.2f} {row['p90_ms']:>8.2f} "
+                   f"{row['ratio_to_dlib_descriptor']:>11.3f}")
+    verdict = "meets" if ratio <= FLOOR else "MISSES"
+    click.echo(f"facegate embedding / dlib compute_face_descriptor = {ratio:.3f} ({verdict} the "
+               f"issue's floor of {FLOOR:.2f}); whole pipeline vs face_recognition = "
+               f"{pipeline_ratio:.3f}")
