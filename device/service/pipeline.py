@@ -52,6 +52,7 @@ from device.gallery.calibration import log_expected_fpir
 from device.gallery.sync.agent import SyncAgent
 from device.gallery.sync.config import make_sync
 from device.gallery.sync.live import LiveGallery
+from device.retention import RetentionJob
 from device.service.gallery import GalleryWatcher, gallery_version, open_gallery
 from device.service.health import (
     camera_state,
@@ -159,6 +160,7 @@ class RecognitionService:
         self._sink: DecisionSink | None = None
         self._sync_agent: SyncAgent | None = None
         self._gallery_watch: GalleryWatcher | None = None
+        self._retention: RetentionJob | None = None
         self._processor: FrameProcessor | None = None
         self._runner: CameraRunner | None = None
         self._sources: list[FrameSource] = []
@@ -231,6 +233,12 @@ class RecognitionService:
         self._publisher = Publisher(cfg.mqtt, cameras=cfg.camera_ids,
                                     health_provider=self.health, env=self._env,
                                     sw_version=__version__)
+        # Retention before the first frame is matched or the first event sent: expired
+        # identities leave the gallery (and their unsent events the outbox).
+        self._retention = RetentionJob(cfg.retention, cfg.audit, gallery_path=cfg.gallery_path,
+                                       audit=self._audit, outbox=self._publisher.outbox)
+        if self._retention.run().purged:
+            self._gallery_watch.check()
         self._publisher.start()
         self._sink = DecisionSink(
             cfg.unit_id, self._publisher, self._audit, PendingJournal(cfg.state_dir / "pending"),
@@ -544,6 +552,8 @@ class RecognitionService:
             "gallery_version": gallery,
             "cameras": cameras,
             "pipeline": pipeline,
+            **({"retention": self._retention.last.to_json()}
+               if self._retention is not None and self._retention.last is not None else {}),
         }
 
     def health_payload(self) -> dict[str, Any]:
@@ -563,7 +573,11 @@ class RecognitionService:
     def _run_health(self) -> None:
         cfg = self.config
         next_head = time.monotonic() + cfg.audit.head_interval_s
+        next_purge = time.monotonic() + cfg.retention.purge_interval_s
         while not self._stop.wait(cfg.health.interval_s):
+            if time.monotonic() >= next_purge and self._retention is not None:
+                next_purge = time.monotonic() + cfg.retention.purge_interval_s
+                self._retention.run()  # the gallery check below reloads what it purged
             try:
                 self._write_health()
             except OSError as exc:
