@@ -135,3 +135,36 @@ def test_audit_head_is_published_retained_at_the_interval(
         assert late.wait_for(bool, 10)
         (message,) = late.on(topic)
     assert message.retain and json.loads(message.payload)["hash"] == head.hash
+
+
+def _matches_over_tracks(tmp_path: Path, broker: LocalBroker, rate_limit_s: float
+                         ) -> tuple[list[dict[str, Any]], list[dict[str, object]]]:
+    """Run 5 tracks of the same person on one camera; the match events and audit
+    decision records."""
+    tmp_path.mkdir()
+    config = _config(tmp_path, broker.url, _frames(tmp_path / "frames", 5 * 24))
+    config = _with(config, pipeline={"queue_policy": "block"},
+                   decision={"rate_limit_s": rate_limit_s})
+    config.state_dir.mkdir(parents=True)
+    _gallery(config, {"id-a": None})
+    with Collector(broker.host, broker.port, ["facegate/unit-1/+/match"]) as collector:
+        assert collector.wait_subscribed()
+        with RecognitionService(config, detector=GatedDetector(blink=6),
+                                embedder=TinyEmbedder()) as service:
+            assert service.run() == "every camera ended"
+            sent = service.health()["pipeline"]["matches"]
+        assert collector.wait_for(lambda ms: len(ms) >= sent, 10)
+        events = [m.json() for m in collector.messages]
+    _, records = read_records(config.audit_path)
+    return events, [r.payload_obj() for r in records
+                    if r.kind == AuditKind.MATCH_DECISION.value]
+
+
+def test_rate_limit_one_event_per_identity_per_camera_per_window(
+    tmp_path: Path, broker: LocalBroker
+) -> None:
+    unlimited, _ = _matches_over_tracks(tmp_path / "off", broker, 0)
+    assert len({e["track_id"] for e in unlimited}) >= 2  # a new track each time
+    limited, decided = _matches_over_tracks(tmp_path / "on", broker, 3600)
+    assert len(limited) == 1 and limited[0]["identity_id"] == "id-a"
+    assert [d["event_id"] for d in decided] == [limited[0]["event_id"]]
