@@ -104,6 +104,20 @@ def read_pairs(path: Path, root: Path) -> list[Pair]:
     return pairs
 
 
+def subsample_pairs(pairs: Sequence[Pair], count: int) -> list[Pair]:
+    """``count`` pairs spread evenly over the list (files list genuine pairs first).
+
+    Raises:
+        EvaluationError: The subset lacks genuine or impostor pairs.
+    """
+    if count >= len(pairs):
+        return list(pairs)
+    picked = [pairs[i] for i in np.linspace(0, len(pairs) - 1, count).round().astype(int)]
+    if all(p.same for p in picked) or not any(p.same for p in picked):
+        raise EvaluationError(f"{count} pairs are too few to hold genuine and impostor pairs")
+    return picked
+
+
 def identity_images(root: Path) -> list[tuple[str, str]]:
     """``(relative path, identity)`` of every image under ``root``; identity = its folder.
 

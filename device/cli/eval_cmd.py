@@ -112,7 +112,7 @@ def _verdicts(rows: Sequence[Any], facegate: str, reference: str) -> list[dict[s
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the ROC curves to this PNG.")
 @click.option("--limit", type=click.IntRange(1), default=None,
-              help="Use only the first N listed pairs (quick looks).")
+              help="Use only N of the listed pairs, spread over the file (quick looks).")
 @click.option("--threads", type=click.IntRange(1, 16), default=2, show_default=True,
               help="CPU threads per model.")
 @click.option("--no-flip", is_flag=True, help="Do not average with the mirrored face.")
@@ -146,8 +146,8 @@ def eval_pairs(
     if pairs_csv is None and not all_pairs:
         raise click.UsageError("give --pairs CSV, --all-pairs, or both")
     pairs = evaluation.read_pairs(pairs_csv, root) if pairs_csv else []
-    if limit is not None:
-        pairs = pairs[:limit]
+    if limit is not None and pairs:
+        pairs = evaluation.subsample_pairs(pairs, limit)
     items = evaluation.identity_images(root) if all_pairs else []
     names = sorted({n for p in pairs for n in (p.a, p.b)} | {n for n, _ in items})
 
