@@ -44,3 +44,4 @@ from device.cli import calibrate_cmd  # noqa: E402,F401  # isort: skip
 from device.cli import eval_identify_cmd  # noqa: E402,F401  # isort: skip
 from device.cli import embed_cmd  # noqa: E402,F401  # isort: skip
 from device.cli import eval_cmd  # noqa: E402,F401  # isort: skip
+from device.cli import demo_cmd  # noqa: E402,F401  # isort: skip
