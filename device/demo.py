@@ -296,6 +296,8 @@ class EventSubscriber:
                  on_event: Callable[[str, dict[str, Any]], None]) -> None:
         from urllib.parse import urlsplit
 
+        self.url = url
+
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ConfigError(f"broker URL {url!r}: use mqtt://host[:port] or mqtts://host[:port]")
@@ -347,7 +349,8 @@ class EventSubscriber:
         """Raises: PublishError: Not connected and subscribed within ``timeout``."""
         if not self._subscribed.wait(timeout):
             why = f" ({self._error})" if self._error else ""
-            raise PublishError(f"could not subscribe on the broker within {timeout:g} s{why}")
+            raise PublishError(f"could not connect to the broker at {self.url} and subscribe "
+                               f"within {timeout:g} s{why}")
 
     def wait_for_matches(self, count: int, timeout: float) -> bool:
         """Block until ``count`` match events arrived (or ``timeout``)."""
