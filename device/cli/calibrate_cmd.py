@@ -29,14 +29,9 @@ from device.cli.face_tools import (
     threads_option,
 )
 from device.errors import ConfigError
+from device.evaluation import read_pairs
 from device.gallery.calibration import CalibrationTable, save_table, table_path
-from device.gallery.openset import (
-    embed_files,
-    impostor_scores,
-    list_tree,
-    pair_scores,
-    read_pairs,
-)
+from device.gallery.openset import embed_files, impostor_scores, list_tree, pair_scores
 
 
 def _tar(genuine: np.ndarray, threshold: float | None) -> float | None:
@@ -47,7 +42,9 @@ def _tar(genuine: np.ndarray, threshold: float | None) -> float | None:
 
 @main.command("calibrate")
 @click.option("--pairs", "pairs_csv", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Pairs CSV (image_a, image_b, same), paths relative to --root.")
+              default=None,
+              help="Pairs CSV (fold,image_a,image_b,same, as `eval pairs`), paths relative "
+                   "to --root.")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder the pairs' image paths are relative to.")
 @click.option("--identities", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -78,8 +75,8 @@ def calibrate(pairs_csv: Path | None, root: Path | None, identities: Path | None
             open_embedder(model_id, threads) as embedder:
         if pairs_csv is not None:
             assert root is not None
-            pairs = read_pairs(pairs_csv)
-            rel = pairs.images()
+            pairs = read_pairs(pairs_csv, root)
+            rel = sorted({name for p in pairs for name in (p.a, p.b)})
             with progress_bar(len(rel), "embedding", "image") as advance:
                 embedded = embed_files(root, rel, [""] * len(rel), detector, embedder,
                                        progress=lambda _p: advance(1))

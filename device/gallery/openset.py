@@ -24,7 +24,6 @@ Embeddings are never written anywhere; results hold only rates and counts.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from device.errors import ImageError
+from device.evaluation import Pair
 from device.gallery.index import GalleryIndex
 from device.imageio import iter_image_files, read_image
 from device.types import FloatArray
@@ -168,57 +168,13 @@ def embed_tree(root: Path, detector: Detector, embedder: Embedder, *,
     return embed_files(root, rel, labels, detector, embedder, progress=progress)
 
 
-@dataclass(frozen=True)
-class PairsFile:
-    """Pairs of images of a verification protocol."""
-
-    a: tuple[str, ...]
-    b: tuple[str, ...]
-    same: tuple[bool, ...]
-
-    def images(self) -> list[str]:
-        """Every image named, once, sorted."""
-        return sorted(set(self.a) | set(self.b))
-
-
-def read_pairs(path: Path) -> PairsFile:
-    """Read ``fold,image_a,image_b,same`` rows (an optional header line; same = 1/0).
-
-    The format of ``facegate eval pairs`` (LFW's View 2 pairs as shipped in the
-    shared datasets, without a header).
-
-    Raises:
-        ImageError: The file is missing or unreadable, or a row is malformed (the
-            message gives the line).
-    """
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.reader(fh))
-    except OSError as exc:
-        raise ImageError(f"cannot read pairs file {path}: {exc}") from exc
-    a: list[str] = []
-    b: list[str] = []
-    same: list[bool] = []
-    for line, row in enumerate(rows, start=1):
-        if not row or not "".join(row).strip():
-            continue
-        cells = [c.strip() for c in row]
-        if line == 1 and [c.lower() for c in cells] == ["fold", "image_a", "image_b", "same"]:
-            continue
-        if len(cells) != 4 or cells[3] not in ("0", "1"):
-            raise ImageError(f"{path}:{line}: expected fold,image_a,image_b,same "
-                             f"(same = 0 or 1), got {row}")
-        a.append(cells[1])
-        b.append(cells[2])
-        same.append(cells[3] == "1")
-    if not a:
-        raise ImageError(f"{path}: no pairs")
-    return PairsFile(tuple(a), tuple(b), tuple(same))
-
-
-def pair_scores(pairs: PairsFile, embedded: LabelledEmbeddings
+def pair_scores(pairs: Sequence[Pair], embedded: LabelledEmbeddings
                 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], int]:
-    """Genuine and impostor similarities of the pairs whose images were both embedded.
+    """Genuine and impostor similarities of listed pairs whose images were both embedded.
+
+    Args:
+        pairs: From :func:`device.evaluation.read_pairs`.
+        embedded: The embedded images (paths relative to the same root).
 
     Returns:
         ``(genuine, impostor, skipped)``.
@@ -227,13 +183,13 @@ def pair_scores(pairs: PairsFile, embedded: LabelledEmbeddings
     gen: list[float] = []
     imp: list[float] = []
     skipped = 0
-    for a, b, same in zip(pairs.a, pairs.b, pairs.same, strict=True):
-        if a not in row or b not in row:
+    for pair in pairs:
+        if pair.a not in row or pair.b not in row:
             skipped += 1
             continue
-        score = float(np.dot(embedded.matrix[row[a]].astype(np.float64),
-                             embedded.matrix[row[b]].astype(np.float64)))
-        (gen if same else imp).append(score)
+        score = float(np.dot(embedded.matrix[row[pair.a]].astype(np.float64),
+                             embedded.matrix[row[pair.b]].astype(np.float64)))
+        (gen if pair.same else imp).append(score)
     return np.asarray(gen), np.asarray(imp), skipped
 
 

@@ -13,7 +13,6 @@ from device.gallery.openset import (
     fnir_at_fpir,
     impostor_scores,
     open_set_split,
-    read_pairs,
 )
 
 
@@ -101,15 +100,3 @@ def test_impostor_scores_cover_every_cross_pair() -> None:
     full = data.matrix @ data.matrix.T
     expected = [full[i, j] for i in range(n) for j in range(i + 1, n) if labels[i] != labels[j]]
     assert np.allclose(np.sort(scores), np.sort(expected), atol=1e-6)
-
-
-def test_read_pairs(tmp_path: Path) -> None:
-    csv = tmp_path / "pairs.csv"
-    csv.write_text("fold,image_a,image_b,same\n1,a/1.jpg,a/2.jpg,1\n1,a/1.jpg,b/1.jpg,0\n")
-    pairs = read_pairs(csv)
-    assert pairs.same == (True, False) and pairs.images() == ["a/1.jpg", "a/2.jpg", "b/1.jpg"]
-    csv.write_text("1,a/1.jpg,a/2.jpg,1\n2,a/1.jpg,b/1.jpg,0\n")  # no header (LFW's)
-    assert read_pairs(csv).same == (True, False)
-    csv.write_text("fold,image_a,image_b,same\n1,a,b,yes\n")
-    with pytest.raises(Exception, match=r"pairs.csv:2: expected"):
-        read_pairs(csv)
