@@ -13,9 +13,14 @@ The Edge TPU delegate (``libedgetpu.so.1``) is loaded lazily, only when asked fo
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, TracebackType
@@ -133,6 +138,39 @@ def verified_model_path(
     return model_manifest.verified_path(model_id, cache_dir=cache_dir, manifest=manifest)
 
 
+_XNNPACK_BANNER = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+@contextlib.contextmanager
+def _native_stderr_filtered(drop: bytes) -> Iterator[None]:
+    """Hold back what native code writes to fd 2, then pass it on without ``drop`` lines.
+
+    LiteRT prints an INFO banner straight to the C stderr each time an interpreter
+    applies XNNPACK; on a unit that is journal noise and in the CLI it breaks the
+    output. Nothing else is swallowed: whatever else reached fd 2 meanwhile (another
+    thread's log line included) is written back when the block ends.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().splitlines(keepends=True)
+                    if line.rstrip(b"\r\n") != drop]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
 class ModelRuntime:
     """A loaded model, ready to run. A context manager; ``close()`` is idempotent.
 
@@ -177,7 +215,8 @@ class ModelRuntime:
                 num_threads=num_threads,
                 experimental_delegates=delegates or None,
             )
-            interpreter.allocate_tensors()
+            with _native_stderr_filtered(_XNNPACK_BANNER):
+                interpreter.allocate_tensors()
         except (ValueError, RuntimeError, OSError) as exc:
             hint = (
                 " (it needs the Edge TPU: it contains an edgetpu-custom-op)"

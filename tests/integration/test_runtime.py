@@ -114,3 +114,21 @@ def test_the_wrong_blazeface_variant_is_refused(tmp_path: Path) -> None:
     manifest = _manifest(tmp_path, "model.tflite", model_manifest.sha256_file(short))
     with pytest.raises(ModelError, match="not BlazeFace full"):
         BlazeFaceDetector(BlazeFaceConfig(model="full"), cache_dir=tmp_path, manifest=manifest)
+
+
+def test_xnnpack_banner_dropped_other_native_stderr_kept(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """LiteRT's INFO banner is journal noise; anything else written to fd 2 survives."""
+    import os
+
+    from device.vision.runtime import _XNNPACK_BANNER, _native_stderr_filtered
+
+    with _native_stderr_filtered(_XNNPACK_BANNER):
+        os.write(2, _XNNPACK_BANNER + b"\n")
+        os.write(2, b"something else\n")
+    with ModelRuntime("blazeface-full"):
+        pass
+    err = capfd.readouterr().err
+    assert "XNNPACK delegate" not in err
+    assert "something else" in err
