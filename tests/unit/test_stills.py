@@ -79,7 +79,7 @@ def test_refinement_maps_the_crop_back_to_the_frame() -> None:
     first = _det(150, 150, 100)
     # In the 300-px crop around it (from (50, 50)), the face sits at (102, 98) size 96.
     refiner = Recorder(by_shape={(300, 300): [_det(102, 98, 96), _det(0, 0, 30)]})
-    refined = stills.refine_detection(image, first, refiner, scale=3.0)
+    refined = stills.refine_detection(image, first, refiner, scales=(3.0,))
     assert refined.box == pytest.approx((152, 148, 96, 96))
     assert refined.keypoints[3] == pytest.approx((152 + 48, 148 + 72))
     assert refined.score == first.score
@@ -92,29 +92,58 @@ def test_refinement_of_a_huge_face_shrinks_the_crop_and_scales_back() -> None:
     s = m / 1800
     inner = _det(600 * s, 600 * s, 600 * s)  # the crop starts at (-300, -300)
     refiner = Recorder(by_shape={(m, m): [inner]})
-    refined = stills.refine_detection(image, first, refiner, scale=3.0)
+    refined = stills.refine_detection(image, first, refiner, scales=(3.0,))
     assert refined.box == pytest.approx((300, 300, 600, 600), abs=1e-6)
 
 
 def test_refinement_keeps_the_first_pass_when_nothing_or_another_face_is_found() -> None:
     image = np.zeros((400, 400, 3), np.uint8)
     first = _det(150, 150, 100)
-    assert stills.refine_detection(image, first, Recorder([])) is first
+    assert stills.refine_detection(image, first, Recorder([]), scales=(3.0,)) is first
     elsewhere = Recorder(by_shape={(300, 300): [_det(0, 0, 40)]})
-    assert stills.refine_detection(image, first, elsewhere) is first
+    assert stills.refine_detection(image, first, elsewhere, scales=(3.0,)) is first
 
 
 def test_only_the_largest_face_is_refined_when_asked() -> None:
     image = np.zeros((600, 600, 3), np.uint8)
     refiner = Recorder([])
     finder = stills.StillFaceFinder(Recorder([_det(0, 0, 50), _det(200, 200, 200)]),
-                                    refiner=refiner)
+                                    refiner=refiner, refine_scales=(2.5, 3.0))
     finder.find(image, largest_only=True)
-    assert len(refiner.shapes) == 1
+    assert len(refiner.shapes) == 2  # one face, two crops
     finder.find(image)
-    assert len(refiner.shapes) == 3
+    assert len(refiner.shapes) == 6
 
 
 def test_bad_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match="refine_scale"):
-        stills.StillFaceFinder(Recorder(), refine_scale=0.5)
+    with pytest.raises(ValueError, match="refine_scales"):
+        stills.StillFaceFinder(Recorder(), refine_scales=(0.5,))
+    with pytest.raises(ValueError, match="refine_scales"):
+        stills.StillFaceFinder(Recorder(), refine_scales=())
+
+
+def test_refinement_averages_the_crops() -> None:
+    image = np.zeros((400, 400, 3), np.uint8)
+    first = _det(150, 150, 100)
+    # Crop at 2x: side 200 from (100, 100); at 3x: side 300 from (50, 50). The face is
+    # found 2 px right in one and 2 px left in the other: the mean is centred.
+    refiner = Recorder(by_shape={(200, 200): [_det(52, 50, 100)],
+                                 (300, 300): [_det(98, 100, 100)]})
+    refined = stills.refine_detection(image, first, refiner, scales=(2.0, 3.0))
+    assert refined.box == pytest.approx((150, 150, 100, 100))
+    assert refined.keypoints[0] == pytest.approx((180, 185))
+
+
+def test_mirrored_refinement_maps_back_and_swaps_left_and_right() -> None:
+    image = np.zeros((400, 400, 3), np.uint8)
+    first = _det(150, 150, 100)
+    # The detector sees the same symmetric face in the crop and in its mirror: mapped
+    # back, with left and right swapped, the mirrored pass must agree with the plain one.
+    refiner = Recorder(by_shape={(300, 300): [_det(100, 100, 100)]})
+    plain = stills.refine_detection(image, first, refiner, scales=(3.0,))
+    both = stills.refine_detection(image, first, refiner, scales=(3.0,), mirror=True)
+    assert len(refiner.shapes) == 3
+    assert both.box == pytest.approx(plain.box)
+    np.testing.assert_allclose(both.keypoints, plain.keypoints)
+    assert both.keypoints[0] == pytest.approx((180, 185))  # right eye: image left
+    assert both.keypoints[4] == pytest.approx((160, 190))  # right ear: image left
