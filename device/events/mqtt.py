@@ -314,6 +314,12 @@ class Publisher:
             client.message_callback_add(self._discovery.birth_topic, self._on_birth)
         return client
 
+    @staticmethod
+    def _quiet_disconnect(record: logging.LogRecord) -> bool:
+        """Drop paho's "Client is not connected" error from its network thread's last pass
+        after our own disconnect(): expected at shutdown, alarming in a journal."""
+        return "not connected" not in record.getMessage()
+
     def close(self, timeout: float = 5.0) -> None:
         """Flush what can be flushed within ``timeout``, say ``offline``, disconnect.
 
@@ -342,8 +348,13 @@ class Publisher:
                 except (RuntimeError, ValueError) as exc:
                     # The connection went away meanwhile: the last will says offline.
                     logger.info("could not say offline before disconnecting: %s", exc)
-            client.disconnect()
-            client.loop_stop()
+            paho_logger = logging.getLogger(f"{__name__}.paho")
+            paho_logger.addFilter(self._quiet_disconnect)
+            try:
+                client.disconnect()
+                client.loop_stop()
+            finally:
+                paho_logger.removeFilter(self._quiet_disconnect)
             self._apply_acks()
         with self._cond:
             self._state = ConnectionState.CLOSED
