@@ -50,6 +50,7 @@ def _print_rows(report: dict[str, Any]) -> None:
               f"face_recognition best {v['reference_best_tar']:.4f} ({v['margin']:+.4f})")
 
 
+@pytest.mark.timeout(4 * 3600)
 def test_facegate_at_least_face_recognition_on_lfw(datasets: Path, tmp_path: Path) -> None:
     lfw = datasets / "lfw"
     plot = tmp_path / "roc.png"
@@ -71,6 +72,7 @@ def test_facegate_at_least_face_recognition_on_lfw(datasets: Path, tmp_path: Pat
     assert plot.stat().st_size > 10_000
 
 
+@pytest.mark.timeout(1800)
 def test_embedding_takes_at_most_a_third_of_dlib(datasets: Path) -> None:
     result = CliRunner().invoke(main, [
         "bench", "embed-compare", "--images", str(datasets / "deepface"), "--faces", "30",
