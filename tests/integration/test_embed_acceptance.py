@@ -62,7 +62,9 @@ def test_facegate_at_least_face_recognition_on_lfw(datasets: Path, tmp_path: Pat
     report = _last_json(result.stdout)
     print()
     _print_rows(report)
+    # Kept after the run (pytest's tmp_path is pruned): the report and the ROC curves.
     (Path("/tmp") / "facegate-acceptance.json").write_text(json.dumps(report, indent=1))
+    (Path("/tmp") / "facegate-acceptance-roc.png").write_bytes(plot.read_bytes())
     verdicts = {(v["experiment"], v["fmr"]): v for v in report["versus_face_recognition"]}
     for key in [("pairs", "1e-3"), ("all-pairs", "1e-3"), ("all-pairs", "1e-4")]:
         assert verdicts[key]["at_least_reference"], verdicts[key]
