@@ -395,22 +395,7 @@ class Publisher:
             PublishError: The event is for another unit, fails the schema or the
                 privacy guard, or the outbox cannot be written.
         """
-        if event.unit != self.config.unit_id:
-            raise PublishError(
-                f"event of unit {event.unit!r} given to the publisher of {self.config.unit_id!r}"
-            )
-        row_id = self._outbox.put(
-            self.topics.match(event.camera),
-            event.encode(),
-            qos=self.config.qos,
-            expiry_s=self.config.match_expiry_s,
-            identity_id=event.identity_id,
-            event_id=event.event_id,
-        )
-        with self._cond:
-            self._wake = True
-            self._cond.notify_all()
-        return row_id
+        return self._queue_event(event, self.topics.match(event.camera))
 
     def publish_track_end(self, event: TrackEndEvent) -> int:
         """Durably queue a track-end update (like :meth:`publish_match`); returns its row id.
@@ -419,12 +404,16 @@ class Publisher:
             PublishError: The event is for another unit, fails the schema or the
                 privacy guard, or the outbox cannot be written.
         """
+        return self._queue_event(event, self.topics.track_end(event.camera))
+
+    def _queue_event(self, event: MatchEvent | TrackEndEvent, topic: str) -> int:
+        """Check the unit, commit the event to the outbox, wake the sender; the row id."""
         if event.unit != self.config.unit_id:
             raise PublishError(
                 f"event of unit {event.unit!r} given to the publisher of {self.config.unit_id!r}"
             )
         row_id = self._outbox.put(
-            self.topics.track_end(event.camera),
+            topic,
             event.encode(),
             qos=self.config.qos,
             expiry_s=self.config.match_expiry_s,
