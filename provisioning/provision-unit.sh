@@ -183,7 +183,7 @@ put_text() { # PATH MODE [OWNER:GROUP]
   rm -f "$tmp"
 }
 
-# The Python that runs device.provision: the unit's venv once it exists; with
+# The Python that runs device.ops.provision: the unit's venv once it exists; with
 # --root, a development Python with facegate importable.
 helper_python() {
   if ((LIVE)); then
@@ -196,7 +196,7 @@ helper_python() {
     printf '%s' python3
   fi
 }
-provision_py() { "$(helper_python)" -m device.provision "$@"; }
+provision_py() { "$(helper_python)" -m device.ops.provision "$@"; }
 
 # ------------------------------------------------------------------ checks first
 # The unit's config (step 6), from the options.
@@ -400,7 +400,7 @@ if ((WITH_CORAL)); then
     provision_py install-model "$CORAL_MODEL" --sha256 "$CORAL_PIN" --dest "$(at "$MODELS")" \
       ${CORAL_MODEL_FILE:+--file "$CORAL_MODEL_FILE"} >&2
   else
-    ACTIONS+=("$(printf '%q ' "$VENV/bin/python" -m device.provision install-model "$CORAL_MODEL" --sha256 "$CORAL_PIN" --dest "$MODELS" | sed 's/ $//')")
+    ACTIONS+=("$(printf '%q ' "$VENV/bin/python" -m device.ops.provision install-model "$CORAL_MODEL" --sha256 "$CORAL_PIN" --dest "$MODELS" | sed 's/ $//')")
   fi
 fi
 # dlib's encoder, built from the weights in face_recognition_models (deterministic,

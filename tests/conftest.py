@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture()
 def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A real mosquitto broker on a free 127.0.0.1 port, stopped after the test."""
-    from device.events.localbroker import LocalBroker
+    from device.ops.localbroker import LocalBroker
 
     if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
         pytest.skip("mosquitto not installed (bash provisioning/setup-dev.sh installs it)")

@@ -36,7 +36,7 @@ def bench_pipeline(source: Path, threads: int, gallery: Path | None, threshold: 
     Floors from the issue: at least 10x the library, and at least 60 fps with 2 threads.
     Numbers depend on the machine's load; run it when the machine is otherwise idle.
     """
-    from device.service.bench import report_rows, run_baseline, run_pipeline, verdicts
+    from device.lab.pipeline_bench import report_rows, run_baseline, run_pipeline, verdicts
     from device.vision.blazeface import BlazeFaceConfig
     from device.vision.detect import create_detector
     from device.vision.embed import DlibTFLiteEmbedderConfig, create_embedder

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from device.cli import bench
 from device.cli.common import emit_json, handle_errors, json_option
-from device.gallery import search_bench
+from device.lab import search_bench
 
 #: Indexes smaller than this build too fast for a progress bar to help.
 PROGRESS_MIN_ROWS = 100_000

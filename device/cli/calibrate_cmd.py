@@ -29,9 +29,9 @@ from device.cli.face_tools import (
     threads_option,
 )
 from device.errors import ConfigError
-from device.evaluation import read_pairs
 from device.gallery.calibration import CalibrationTable, save_table, table_path
-from device.gallery.openset import embed_files, impostor_scores, list_tree, pair_scores
+from device.lab.evaluation import read_pairs
+from device.lab.openset import embed_files, impostor_scores, list_tree, pair_scores
 
 
 def _tar(genuine: np.ndarray, threshold: float | None) -> float | None:

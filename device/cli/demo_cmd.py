@@ -55,7 +55,7 @@ def demo_command(clip: bool, datasets: Path | None, broker_url: str | None,
     summary object. Exit status 0 when every published event arrived, 1 when not,
     2 on errors (missing datasets, models, mosquitto).
     """
-    from device.demo import Demo, format_event, format_summary
+    from device.ops.demo import Demo, format_event, format_summary
 
     def say(text: str) -> None:
         click.echo(text, err=as_json)

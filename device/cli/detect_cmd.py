@@ -14,8 +14,9 @@ from device.cli import bench, main
 from device.cli.common import emit_json, handle_errors, json_option
 from device.errors import ImageError
 from device.imageio import IMAGE_SUFFIXES, iter_image_files, read_image
+from device.lab import detect_bench
 from device.types import Detection, Image
-from device.vision import detect_bench, samples
+from device.vision import samples
 from device.vision.annotate import draw_detections
 from device.vision.blazeface import DEFAULT_THRESHOLD, BlazeFaceConfig, BlazeFaceDetector
 from device.vision.tiling import TilingConfig

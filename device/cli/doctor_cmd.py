@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from device import doctor
 from device.cli import main
 from device.cli.common import emit_json, json_option
+from device.ops import doctor
 
 
 @main.command("doctor")

@@ -1,7 +1,7 @@
 """``facegate gallery enroll`` and ``facegate gallery enroll-dir``: add people from photos.
 
 Each photo must hold exactly one acceptable face; a batch is all or nothing unless
-``--skip-rejected`` (see :mod:`device.gallery.enroll`). The report lists every photo:
+``--skip-rejected`` (see :mod:`device.enroll.enroll`). The report lists every photo:
 accepted, or rejected with its reasons. Exit status 0 when the batch was written (or,
 with ``--dry-run``, would be), 1 when it was refused, 2 on errors.
 """
@@ -27,8 +27,7 @@ from device.cli.face_tools import (
     threads_option,
 )
 from device.cli.gallery_cmd import db_option, gallery_group, gallery_path
-from device.errors import EnrollmentError, GalleryError
-from device.gallery.enroll import (
+from device.enroll.enroll import (
     EnrollmentReport,
     IdentityReport,
     IdentityRequest,
@@ -39,6 +38,7 @@ from device.gallery.enroll import (
     photo_count,
     plan,
 )
+from device.errors import EnrollmentError, GalleryError
 from device.gallery.records import NewIdentity
 from device.gallery.store import GalleryStore
 

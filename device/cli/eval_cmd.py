@@ -48,7 +48,7 @@ def _fmt_rate(value: float) -> str:
 
 
 def _print_table(rows: Sequence[Any], timings: Sequence[Any]) -> None:
-    from device import metrics
+    from device.lab import metrics
 
     experiments = list(dict.fromkeys(r.experiment for r in rows))
     for experiment in experiments:
@@ -79,7 +79,7 @@ def _print_table(rows: Sequence[Any], timings: Sequence[Any]) -> None:
 
 def _verdicts(rows: Sequence[Any], facegate: str, reference: str) -> list[dict[str, Any]]:
     """facegate's TAR against the better of the reference's scores, per experiment and FMR."""
-    from device import evaluation, metrics
+    from device.lab import evaluation, metrics
 
     out = []
     for experiment in dict.fromkeys(r.experiment for r in rows):
@@ -139,7 +139,7 @@ def eval_pairs(
     same images in the same run; its descriptors are scored by Euclidean distance and
     by cosine, and facegate is compared against the better, with time per face.
     """
-    from device import evaluation
+    from device.lab import evaluation
     from device.vision.embed import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
     from device.vision.stills import StillFaceFinder, StillFinderConfig
 

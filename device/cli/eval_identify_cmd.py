@@ -1,6 +1,6 @@
 """``facegate eval identify``: open-set 1:N evaluation, FNIR at fixed FPIR.
 
-The protocol is :mod:`device.gallery.openset`'s: the gallery holds the first image of
+The protocol is :mod:`device.lab.openset`'s: the gallery holds the first image of
 each identity with two or more images; the other images are mated searches; images
 of identities never enrolled (those with a single image, plus ``--unenrolled-fraction``
 of the others) are non-mated searches. Embeddings stay in memory.
@@ -25,7 +25,7 @@ from device.cli.face_tools import (
 )
 from device.errors import ConfigError
 from device.gallery.calibration import find_table
-from device.gallery.openset import (
+from device.lab.openset import (
     DEFAULT_FPIRS,
     OpenSetResult,
     embed_files,

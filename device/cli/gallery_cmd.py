@@ -132,7 +132,7 @@ def _erasure_paths(config_path: Path | None, db_path: Path | None, outbox_path: 
     """Gallery, outbox and audit log: the options, else the config's, else the state
     directory's (outbox and audit log only if they exist there)."""
     if config_path is not None:
-        from device.service_config import load_config  # the service's models: only here
+        from device.service.config import load_config  # the service's models: only here
 
         config, _ = load_config(config_path)
         return (db_path or config.gallery_path, outbox_path or config.mqtt.outbox_path,

@@ -24,8 +24,8 @@ from device.cli.face_tools import (
     unsafe_option,
 )
 from device.cli.gallery_cmd import db_option, gallery_path
+from device.enroll.identify import FaceIdentification, GallerySearcher, identify_image
 from device.errors import ImageError
-from device.gallery.identify import FaceIdentification, GallerySearcher, identify_image
 from device.gallery.store import GalleryStore
 from device.imageio import read_image
 

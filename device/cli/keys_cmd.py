@@ -12,7 +12,7 @@ import click
 
 from device.cli import main
 from device.cli.common import emit_json, handle_errors, json_option
-from device.gallery.sync.keys import generate_key, key_id, load_any_public
+from device.sync.keys import generate_key, key_id, load_any_public
 
 
 @main.group("keys")

@@ -12,7 +12,7 @@ import click
 from device.cli import main
 from device.cli.common import emit_json, handle_errors, json_option
 from device.paths import default_state_dir
-from device.service_config import HEALTH_FILENAME, load_config
+from device.service.config import HEALTH_FILENAME, load_config
 
 
 @main.command("run")

@@ -23,12 +23,12 @@ from device.cli.common import emit_json, handle_errors, json_option
 from device.cli.gallery_cmd import GALLERY_FILE, gallery_path
 from device.errors import SyncError
 from device.events.config import read_secret
-from device.gallery.sync.apply import GallerySync, SyncPolicy, read_status
-from device.gallery.sync.bundle import DEFAULT_CHUNK_SIZE, build_bundle, sign_bundle
-from device.gallery.sync.keys import TrustedKeys, load_private_key
-from device.gallery.sync.layout import GalleryLayout
-from device.gallery.sync.mqtt import BrokerLogin, publish_bundle
-from device.gallery.sync.state import GalleryState
+from device.sync.apply import GallerySync, SyncPolicy, read_status
+from device.sync.bundle import DEFAULT_CHUNK_SIZE, build_bundle, sign_bundle
+from device.sync.keys import TrustedKeys, load_private_key
+from device.sync.layout import GalleryLayout
+from device.sync.mqtt import BrokerLogin, publish_bundle
+from device.sync.state import GalleryState
 
 DEFAULT_TRUSTED_KEYS = Path("/etc/facegate/credentials/trusted-keys")
 EXIT_ERROR = 2

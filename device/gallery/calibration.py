@@ -1,7 +1,7 @@
 """Match thresholds from error rates: a per-model calibration table (similarity → FMR).
 
 A face *matches* an identity when their cosine similarity is **at or above** the
-threshold (as in :mod:`device.decision`). The false-match rate of a threshold ``t``
+threshold (as in :mod:`device.service.decision`). The false-match rate of a threshold ``t``
 is the share of impostor comparisons (two different people) whose similarity is
 ``>= t``. A :class:`CalibrationTable` records that curve for one embedder, measured
 on impostor pairs: ``facegate calibrate`` measures it from a pairs file or from every

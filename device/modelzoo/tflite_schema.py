@@ -10,7 +10,7 @@ Licence: the schema is Copyright The TensorFlow Authors, Apache License 2.0
 (https://www.apache.org/licenses/LICENSE-2.0), the same licence as facegate.
 
 The values were checked against the generated ``schema_py_generated.py`` that ships
-with ``ai-edge-litert`` (see tests/unit/test_dlib_tflite_builder.py, which parses the
+with ``ai-edge-litert`` (see tests/unit/modelzoo/test_dlib_tflite_builder.py, which parses the
 written model back with it).
 """
 

@@ -1,4 +1,4 @@
-"""The gallery the service searches: a :class:`~device.gallery.sync.live.LiveGallery`.
+"""The gallery the service searches: a :class:`~device.gallery.live.LiveGallery`.
 
 The frame loop takes ``LiveGallery.current()`` once per frame (one attribute read, no
 lock) and uses it for the search *and* for the version in the event, so an answer
@@ -23,9 +23,9 @@ from types import MappingProxyType
 
 import numpy as np
 
-from device.gallery.index import GalleryIndex, Precision
+from device.gallery.live import ActiveGallery, LiveGallery
+from device.gallery.search.index import GalleryIndex, Precision
 from device.gallery.store import GalleryStore
-from device.gallery.sync.live import ActiveGallery, LiveGallery
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ Thread layout (all bounded)::
 * A camera that cannot be opened is reported (health ``failed`` with the error) and
   the others run; the service ends by itself only when every camera has ended or
   failed.
-* The gallery is a :class:`~device.gallery.sync.live.LiveGallery`: the worker reads
+* The gallery is a :class:`~device.gallery.live.LiveGallery`: the worker reads
   the active version once per frame; a sync swaps in a new index while the old one
   keeps answering, so matching never stops.
 * Shutdown (SIGTERM/SIGINT → :meth:`RecognitionService.request_stop`): ``STOPPING=1``,
@@ -43,16 +43,14 @@ import numpy as np
 from device import __version__
 from device.audit import AuditLog
 from device.camera import CameraRunner, FrameSource, SourceHealth, SourceState, open_source
-from device.decision import TrackEnded, UnknownTrack
 from device.errors import DeviceError
 from device.events.mqtt import ConnectionState, Publisher
 from device.events.notify import Notifier
 from device.events.schema import format_timestamp
 from device.gallery.calibration import log_expected_fpir
-from device.gallery.sync.agent import SyncAgent
-from device.gallery.sync.config import make_sync
-from device.gallery.sync.live import LiveGallery
-from device.retention import RetentionJob
+from device.gallery.live import LiveGallery
+from device.service.config import FacegateConfig
+from device.service.decision import TrackEnded, UnknownTrack
 from device.service.gallery import GalleryWatcher, gallery_version, open_gallery
 from device.service.health import (
     camera_state,
@@ -61,11 +59,13 @@ from device.service.health import (
     write_health_file,
 )
 from device.service.queue import PipelineQueue
+from device.service.retention import RetentionJob
 from device.service.sink import DecisionSink, PendingJournal
 from device.service.stages import STAGES, FrameProcessor, FrameResult, Match
 from device.service.stats import LatencyStats, RateMeter
 from device.service.thresholds import MAX_SAFE_FMR, Threshold, resolve_threshold
-from device.service_config import FacegateConfig
+from device.sync.agent import SyncAgent
+from device.sync.config import make_sync
 from device.types import FaceChip, Frame
 from device.vision.detect import Detector, create_detector
 from device.vision.embed import Embedder, create_embedder

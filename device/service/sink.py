@@ -40,11 +40,11 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from device.audit import AuditKind, AuditLog, read_records
-from device.decision import TrackEnded, UnknownTrack
 from device.errors import AuditError, PublishError
 from device.events.mqtt import Publisher, PublisherStatus
 from device.events.outbox import Outbox
 from device.events.schema import MatchEvent, TrackEndEvent
+from device.service.decision import TrackEnded, UnknownTrack
 from device.service.stages import Match
 from device.service.stats import LatencyStats
 from device.service.thresholds import Threshold

@@ -14,7 +14,7 @@
    track is decided (it matched) or has used its embedding budget;
 5. **search** — each embedding is searched in the active gallery (taken once per
    frame, so a gallery swap never splits one answer across versions);
-6. **decide** — the camera's :class:`~device.decision.Decider` votes (k of the last n).
+6. **decide** — the camera's :class:`~device.service.decision.Decider` votes (k of the last n).
 
 It returns :class:`FrameResult`: the decisions (matches to publish, tracks that ended,
 unknown-track counts) and the time each stage took. An embedding lives only inside
@@ -35,9 +35,9 @@ from typing import Protocol
 
 import numpy.typing as npt
 
-from device.decision import Announce, Decider, DecisionConfig, TrackEnded, UnknownTrack
 from device.events.schema import NormalisedBox
-from device.gallery.index import Hit
+from device.gallery.search.index import Hit
+from device.service.decision import Announce, Decider, DecisionConfig, TrackEnded, UnknownTrack
 from device.service.stats import StageClock
 from device.types import Detection, FaceChip, Frame, Image
 from device.vision.align import AlignTemplate, align
@@ -53,7 +53,7 @@ STAGES: tuple[str, ...] = ("detect", "quality", "track", "embed", "search", "dec
 
 
 class SearchIndex(Protocol):
-    """The part of :class:`~device.gallery.index.GalleryIndex` the pipeline uses."""
+    """The part of :class:`~device.gallery.search.index.GalleryIndex` the pipeline uses."""
 
     def search_identities(self, query: npt.ArrayLike, k: int = 1) -> tuple[Hit, ...]:
         """The ``k`` most similar identities to ``query``, best first."""

@@ -12,7 +12,7 @@ camera and increase monotonically, with no gaps for false detections.
 
 Every track keeps its ``best_faces`` best faces by quality score — never more. A face
 may carry a payload (an aligned chip, say) for the pipeline to embed later. The
-tracker stores no embeddings: identity votes live in :mod:`device.decision`.
+tracker stores no embeddings: identity votes live in :mod:`device.service.decision`.
 
 :meth:`Tracker.update` returns :class:`TrackUpdate` values: ``new`` when a track is
 confirmed, ``updated`` for every later frame it is seen in, ``ended`` once when it is

@@ -26,7 +26,7 @@ from device.config import validate_mapping
 from device.gallery.records import NewFace, NewIdentity
 from device.gallery.store import GalleryStore
 from device.imageio import read_image
-from device.service_config import FacegateConfig
+from device.service.config import FacegateConfig
 from device.types import Embedding, FaceChip
 from device.vision.align import AlignTemplate, align
 from device.vision.detect import Detector

@@ -36,11 +36,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device.gallery.store import GalleryStore
-from device.gallery.sync.apply import GallerySync, SyncPolicy
-from device.gallery.sync.bundle import BuiltBundle, build_bundle
-from device.gallery.sync.keys import TrustedKeys
-from device.gallery.sync.layout import GalleryLayout
-from device.gallery.sync.state import GalleryState
+from device.sync.apply import GallerySync, SyncPolicy
+from device.sync.bundle import BuiltBundle, build_bundle
+from device.sync.keys import TrustedKeys
+from device.sync.layout import GalleryLayout
+from device.sync.state import GalleryState
 from tests.gallery_helpers import DIM, MODEL, T0, FaceMaker, enroll
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from device.cli import main
-from device.service.bench import PipelineRun, report_rows, sample_indices, verdicts
+from device.lab.pipeline_bench import PipelineRun, report_rows, sample_indices, verdicts
 from device.service.stats import Percentiles
 from tests.integration.service_support import CLIP, CLIP_FRAMES, require_embedder_template
 

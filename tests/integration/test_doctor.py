@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from device import doctor
-from device.events.localbroker import BrokerUser, LocalBroker, free_port
 from device.gallery.store import GalleryStore
-from device.service_config import load_config
+from device.ops import doctor
+from device.ops.localbroker import BrokerUser, LocalBroker, free_port
+from device.service.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 EMBEDDER = "dlib-resnet-v1"
@@ -217,7 +217,7 @@ type = "v4l2"
 def test_sync_keys_as_systemd_passes_them(tmp_path: Path, model_cache: Path) -> None:
     """[sync] trusted_keys = "trusted-keys": systemd flattens the directory credential
     into trusted-keys_<file>; the doctor loads them the way the service does."""
-    from device.gallery.sync.keys import generate_key
+    from device.sync.keys import generate_key
 
     creds = tmp_path / "creds"
     creds.mkdir()

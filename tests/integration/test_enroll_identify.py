@@ -16,13 +16,13 @@ import pytest
 from click.testing import CliRunner
 
 from device.cli import main
+from device.enroll.enroll import DUPLICATE, UNREADABLE, enroll_directory, enroll_images
+from device.enroll.identify import GallerySearcher, identify_image
 from device.errors import ConfigError, ModelError
 from device.gallery.calibration import find_table, resolve_threshold
-from device.gallery.enroll import DUPLICATE, UNREADABLE, enroll_directory, enroll_images
-from device.gallery.identify import GallerySearcher, identify_image
-from device.gallery.openset import embed_tree, evaluate_open_set
 from device.gallery.store import GalleryStore
 from device.imageio import read_image
+from device.lab.openset import embed_tree, evaluate_open_set
 from device.vision.blazeface import BlazeFaceConfig, BlazeFaceDetector
 from device.vision.embed import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
 from device.vision.stills import StillFaceFinder

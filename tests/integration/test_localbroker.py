@@ -10,7 +10,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from device.events.localbroker import BrokerUser, LocalBroker
+from device.ops.localbroker import BrokerUser, LocalBroker
 
 
 def _client(broker: LocalBroker, username: str | None = None, password: str | None = None):  # type: ignore[no-untyped-def]
@@ -78,7 +78,7 @@ def test_credentials_enforced(tmp_path: Path) -> None:
 
 def test_missing_mosquitto_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from device.errors import PublishError
-    from device.events import localbroker
+    from device.ops import localbroker
 
     monkeypatch.setattr(localbroker.shutil, "which", lambda name: None)
     monkeypatch.setattr(localbroker.Path, "exists", lambda self: False)

@@ -10,8 +10,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device.events.config import MqttConfig
-from device.events.localbroker import LocalBroker
 from device.events.mqtt import ConnectionState, Publisher
+from device.ops.localbroker import LocalBroker
 from tests.integration.events_support import Collector, make_event
 
 CAMERAS = ("front", "back")

@@ -13,10 +13,10 @@ import pytest
 
 from device.errors import ConfigError, PublishError
 from device.events.config import MqttConfig
-from device.events.localbroker import BrokerUser, LocalBroker
 from device.events.mqtt import ConnectionState, Publisher
 from device.events.outbox import Outbox
 from device.events.schema import GALLERY_STATE_SCHEMA, format_timestamp
+from device.ops.localbroker import BrokerUser, LocalBroker
 from tests.integration.events_support import Child, Collector, make_event
 
 UNIT = "unit-1"

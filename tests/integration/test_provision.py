@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from device.gallery.sync.keys import generate_key
-from device.service_config import load_config
+from device.service.config import load_config
+from device.sync.keys import generate_key
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "provisioning" / "provision-unit.sh"

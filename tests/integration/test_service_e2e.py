@@ -40,8 +40,8 @@ from typing import Any
 import pytest
 
 from device.audit import AuditKind, read_records, verify
-from device.events.localbroker import LocalBroker
 from device.events.schema import MATCH_SCHEMA, TRACK_END_SCHEMA, validate
+from device.ops.localbroker import LocalBroker
 from device.service.pipeline import RecognitionService, build_detector, build_embedder
 from device.vision.blazeface import BlazeFaceDetector
 from tests.integration.events_support import Collector

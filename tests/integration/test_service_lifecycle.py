@@ -19,12 +19,12 @@ import pytest
 
 from device.audit import AuditKind, read_records
 from device.config import validate_mapping
-from device.events.localbroker import BrokerUser, LocalBroker
 from device.events.mqtt import ConnectionState
 from device.events.notify import Notifier
+from device.ops.localbroker import BrokerUser, LocalBroker
+from device.service.config import FacegateConfig
 from device.service.health import read_health_file
 from device.service.pipeline import RecognitionService
-from device.service_config import FacegateConfig
 from device.types import Detection, Embedding, FaceChip, Image
 from device.vision.align import AlignTemplate
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from device.audit import AuditKind, read_records
-from device.events.localbroker import LocalBroker
 from device.events.outbox import Outbox
+from device.ops.localbroker import LocalBroker
 from device.service.pipeline import build_embedder
 from device.vision.blazeface import BlazeFaceDetector
 from tests.integration.events_support import Collector

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from device.audit import AuditKind, ExpectedHead, read_head, read_records, verify
-from device.events.localbroker import LocalBroker
 from device.events.outbox import Outbox
 from device.gallery.records import NewFace, NewIdentity
 from device.gallery.store import GalleryStore
+from device.ops.localbroker import LocalBroker
+from device.service.config import FacegateConfig
 from device.service.pipeline import RecognitionService
-from device.service_config import FacegateConfig
 from device.types import Embedding
 from tests.integration.events_support import Collector
 from tests.integration.test_service_lifecycle import GatedDetector, TinyEmbedder, _config, _frames

@@ -16,10 +16,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device.events.config import MqttConfig
-from device.events.localbroker import LocalBroker
-from device.gallery.sync.agent import AgentStats, SyncAgent
-from device.gallery.sync.config import SyncConfig
-from device.gallery.sync.mqtt import BrokerLogin, chunk_topic, manifest_topic, publish_bundle
+from device.ops.localbroker import LocalBroker
+from device.sync.agent import AgentStats, SyncAgent
+from device.sync.config import SyncConfig
+from device.sync.mqtt import BrokerLogin, chunk_topic, manifest_topic, publish_bundle
 from tests.gallery_helpers import T0
 from tests.integration.sync_support import (
     NOW,

@@ -22,14 +22,14 @@ import pytest
 
 from device.audit import AuditKind, AuditLog, read_records
 from device.events.config import MqttConfig
-from device.events.localbroker import LocalBroker
 from device.events.mqtt import Publisher
 from device.gallery.store import GalleryStore
-from device.gallery.sync.apply import ApplyResult, GallerySync
-from device.gallery.sync.bundle import BuiltBundle
-from device.gallery.sync.manifest import MAX_MANIFEST_BYTES, Manifest
-from device.gallery.sync.state import GalleryState
-from device.gallery.sync.transport import PartialPayload
+from device.ops.localbroker import LocalBroker
+from device.sync.apply import ApplyResult, GallerySync
+from device.sync.bundle import BuiltBundle
+from device.sync.manifest import MAX_MANIFEST_BYTES, Manifest
+from device.sync.state import GalleryState
+from device.sync.transport import PartialPayload
 from tests.gallery_helpers import T0
 from tests.integration.sync_support import (
     NOW,
@@ -163,7 +163,7 @@ def test_expired_manifest_refused_even_when_the_clock_is_reset(unit: Unit) -> No
     manifest's creation, so an old expired manifest still looks expired."""
     unit.world.edit()
     stale = unit.world.root / "bundles" / "stale"
-    from device.gallery.sync.bundle import build_bundle
+    from device.sync.bundle import build_bundle
 
     build_bundle(unit.world.central, stale, version=3, keys=[unit.world.keys[0]],
                  clock=lambda: T0 - 2 * 86400, expires_in_s=86400)

@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device.cli import main
-from device.events.localbroker import LocalBroker
+from device.ops.localbroker import LocalBroker
 from tests.gallery_helpers import DIM, MODEL
 from tests.integration.sync_support import World
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from device.events.schema import MatchEvent, NormalisedBox
-from device.gallery.index import Hit
+from device.gallery.live import LiveGallery
+from device.gallery.search.index import Hit
 from device.gallery.store import GalleryStore
-from device.gallery.sync.apply import GallerySync, SyncPolicy
-from device.gallery.sync.live import LiveGallery
+from device.sync.apply import GallerySync, SyncPolicy
 from tests.gallery_helpers import DIM, MODEL
 from tests.integration.sync_support import NOW, UNIT, World
 

