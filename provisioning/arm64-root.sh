@@ -93,7 +93,7 @@ if [[ ! -f "$ROOT/.facegate-base" ]]; then
   mkdir -p "$(dirname "$ROOT")"
   say "debootstrap bookworm arm64 into $ROOT (a few minutes)"
   debootstrap --arch=arm64 --variant=minbase \
-    --include=python3,python3-venv,python3-pip,ca-certificates,mosquitto,git \
+    --include=python3,python3-venv,python3-pip,ca-certificates,mosquitto \
     bookworm "$ROOT" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1 \
     || die "debootstrap failed; see $ROOT.debootstrap.log"
   [[ "$(chroot "$ROOT" uname -m)" == aarch64 ]] || die "the root does not run as aarch64"
