@@ -19,8 +19,9 @@ topic or record kind:
 * nesting deeper than :data:`MAX_DEPTH` and payloads over :data:`MAX_PAYLOAD_BYTES`
   encoded.
 
-SHA-256 hex digests (64), key ids (64 hex), UUIDs, Ed25519 signatures (88 base64,
-128 hex), topic paths and snake_case ids pass.
+SHA-256 hex digests (64), key ids (64 hex), UUIDs, Ed25519 signatures as hex (128),
+topic paths and snake_case ids pass; base64 of binary data does not, from 48
+characters on (signatures travel in manifests, which this policy does not guard).
 """
 
 from __future__ import annotations
