@@ -200,7 +200,10 @@ class _CameraEvent:
     __slots__ = ()
     SCHEMA: ClassVar[str]
     KIND: ClassVar[str]
+    unit: str
     camera: str
+    track_id: int
+    identity_id: str
     event_id: str
 
     @property
@@ -209,6 +212,7 @@ class _CameraEvent:
         return f"{self.camera}/{self.KIND}"
 
     def _fields(self) -> dict[str, Any]:
+        """The payload's fields after the ids, in schema order."""
         raise NotImplementedError
 
     def to_payload(self) -> dict[str, Any]:
@@ -217,8 +221,11 @@ class _CameraEvent:
         Raises:
             PublishError: The result does not match the schema.
         """
-        payload: dict[str, Any] = {"schema": self.SCHEMA, "event_id": self.event_id,
-                                   **self._fields()}
+        payload: dict[str, Any] = {
+            "schema": self.SCHEMA, "event_id": self.event_id, "unit": self.unit,
+            "camera": self.camera, "track_id": self.track_id, "identity_id": self.identity_id,
+            **self._fields(),
+        }
         validate(self.SCHEMA, payload)
         return payload
 
@@ -289,10 +296,6 @@ class MatchEvent(_CameraEvent):
 
     def _fields(self) -> dict[str, Any]:
         return {
-            "unit": self.unit,
-            "camera": self.camera,
-            "track_id": self.track_id,
-            "identity_id": self.identity_id,
             "label": self.label,
             "similarity": round(float(self.similarity), 4),
             "false_match_rate": float(self.false_match_rate),
@@ -377,10 +380,6 @@ class TrackEndEvent(_CameraEvent):
     def _fields(self) -> dict[str, Any]:
         return {
             "match_event_id": self.match_event_id,
-            "unit": self.unit,
-            "camera": self.camera,
-            "track_id": self.track_id,
-            "identity_id": self.identity_id,
             "first_seen": format_timestamp(self.first_seen),
             "last_seen": format_timestamp(self.last_seen),
             "frames_seen": self.frames_seen,
