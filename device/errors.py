@@ -51,3 +51,12 @@ class PublishError(DeviceError):
 
 class AuditError(DeviceError):
     """The audit log is missing or fails verification."""
+
+
+class PrivacyError(PublishError, AuditError):
+    """A payload was refused because it holds, or looks like it holds, biometric data.
+
+    It is both a :class:`PublishError` and an :class:`AuditError`: the one policy in
+    :mod:`device.privacy` guards the network and the audit log alike, and callers of
+    either keep catching the error they always caught.
+    """

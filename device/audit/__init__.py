@@ -30,8 +30,8 @@ What verification can and cannot catch:
 * Not a reason to fail: timestamps going backwards (a Pi without an RTC may boot
   with a stale clock). Timestamps are hashed, never required to be monotonic.
 
-Submodules: :mod:`~device.audit.record` (kinds, encoding, hashing, the biometric
-guard), :mod:`~device.audit.chain` (verification over rows, JSONL exports),
+Submodules: :mod:`~device.audit.record` (kinds, encoding, hashing, the check
+through :mod:`device.privacy`), :mod:`~device.audit.chain` (verification over rows, JSONL exports),
 :mod:`~device.audit.log` (the SQLite file, writer, pruning, reading).
 """
 

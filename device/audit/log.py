@@ -67,6 +67,7 @@ from device.audit.record import (
 from device.config import Section
 from device.errors import AuditError
 from device.paths import default_state_dir
+from device.privacy import clip
 
 logger = logging.getLogger(__name__)
 
@@ -581,8 +582,9 @@ class AuditLog:
         )
 
     def record_service_stop(self, reason: str, *, actor: str = "service") -> AuditRecord:
-        """The service is stopping (``signal``, ``error: …``, ``shutdown``)."""
-        return self.append(AuditKind.SERVICE_STOP, {"reason": reason}, actor=actor)
+        """The service is stopping (``signal``, ``error: …``, ``shutdown``; shortened like
+        :meth:`record_sync_refused`)."""
+        return self.append(AuditKind.SERVICE_STOP, {"reason": clip(reason)}, actor=actor)
 
     def record_config_change(
         self, setting: str, old: object, new: object, *, actor: str
@@ -685,10 +687,14 @@ class AuditLog:
         reason: str,
         actor: str = "sync",
     ) -> AuditRecord:
-        """A gallery bundle was refused (bad signature, old version, …) and why."""
+        """A gallery bundle was refused (bad signature, old version, …) and why.
+
+        A long ``reason`` is shortened to the privacy policy's longest string, so the
+        refusal is recorded whatever its wording.
+        """
         return self.append(
             AuditKind.SYNC_REFUSED,
-            {"to_version": to_version, "bundle_sha256": bundle_sha256, "reason": reason},
+            {"to_version": to_version, "bundle_sha256": bundle_sha256, "reason": clip(reason)},
             actor=actor,
         )
 

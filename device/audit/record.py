@@ -1,4 +1,4 @@
-"""One audit record: its kinds, its canonical encoding, its hash, and the biometric guard.
+"""One audit record: its kinds, its canonical encoding, its hash, and its privacy check.
 
 Everything here is a pure function over plain values, so the chain rules can be
 tested and re-implemented (by an off-unit verifier) without a database.
@@ -20,28 +20,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Final
 
+from device import privacy
 from device.errors import AuditError
+from device.timestamps import format_utc, parse_utc
 
 HASH_DOMAIN: Final = "facegate-audit/1"
 GENESIS_HASH: Final = "0" * 64
 """The ``prev_hash`` of record 1."""
 
-TS_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%fZ"
 TS_PATTERN: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 HASH_PATTERN: Final = re.compile(r"[0-9a-f]{64}")
 KIND_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 MAX_ACTOR_CHARS: Final = 128
-MAX_PAYLOAD_BYTES: Final = 8192
-"""An audit payload is a handful of ids and numbers; anything bigger is refused."""
 
 
 class AuditKind(StrEnum):
@@ -170,14 +168,14 @@ def record_hash(
 
 
 def format_ts(when: datetime) -> str:
-    """``when`` as the log's fixed-width UTC text (sorts as it compares).
+    """``when`` as the log's fixed-width UTC text, microseconds (sorts as it compares).
 
     Raises:
         ValueError: ``when`` is naive; audit times must carry a time zone.
     """
     if when.tzinfo is None or when.utcoffset() is None:
         raise ValueError("audit timestamps must be timezone-aware")
-    return when.astimezone(UTC).strftime(TS_FORMAT)
+    return format_utc(when, digits=6)
 
 
 def parse_time(text: str) -> datetime:
@@ -187,65 +185,17 @@ def parse_time(text: str) -> datetime:
         AuditError: ``text`` is not an ISO-8601 date or time.
     """
     try:
-        when = datetime.fromisoformat(text)
+        return parse_utc(text, naive_is_utc=True)
     except ValueError as exc:
         raise AuditError(f"not an ISO-8601 time: {text!r}") from exc
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-
-
-# --- the biometric guard -------------------------------------------------------------
-
-BIOMETRIC_WORDS: Final = frozenset(
-    {
-        "embedding", "embeddings", "image", "images", "img", "face", "faces", "chip",
-        "chips", "crop", "crops", "frame", "frames", "thumbnail", "thumb", "snapshot",
-        "jpeg", "jpg", "png", "pixels", "descriptor", "descriptors", "vector", "vectors",
-        "landmarks", "biometric", "biometrics", "template",
-    }
-)  # fmt: skip
-"""A payload key containing one of these words (split on ``_``, ``-``, ``.``, spaces
-and camelCase) is refused. Deliberately broad: rename ``face_count`` to
-``detections`` rather than weaken the guard."""
-
-MAX_NUMBERS_IN_LIST: Final = 16
-"""A list holding this many numbers (counting through nested lists) looks like an
-embedding (128 or 512 floats, or int8 codes) and is refused."""
-
-MAX_STRING_CHARS: Final = 1024
-MAX_ENCODED_CHARS: Final = 160
-"""A string this long made only of base64/hex characters looks like encoded pixels
-or an encoded embedding (128 int8 values are 172 base64 characters). SHA-256 hex
-digests (64) and Ed25519 signatures (88 base64, 128 hex) pass."""
-
-_KEY_SPLIT = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
-_ENCODED = re.compile(r"[A-Za-z0-9+/=_-]+")
-
-
-def _key_words(key: str) -> set[str]:
-    return {word.lower() for word in _KEY_SPLIT.split(key) if word}
-
-
-def _count_numbers(items: list[object] | tuple[object, ...]) -> int:
-    count = 0
-    for item in items:
-        if isinstance(item, bool):
-            continue
-        if isinstance(item, int | float):
-            count += 1
-        elif isinstance(item, list | tuple):
-            count += _count_numbers(item)
-    return count
 
 
 def check_payload(payload: Mapping[str, object]) -> str:
-    """Validate a payload and return its canonical JSON text.
+    """Check a payload against the privacy policy and return its canonical JSON text.
 
-    Allowed values: ``None``, ``bool``, ``int``, finite ``float``, ``str``, lists
-    and string-keyed dicts of these. Refused, because the audit log must never hold
-    biometric data: keys naming biometric material (:data:`BIOMETRIC_WORDS`), bytes
-    of any kind, array objects (anything with ``__array__`` or ``tolist``), lists of
-    many numbers, long strings, long base64/hex strings, and payloads over
-    :data:`MAX_PAYLOAD_BYTES`.
+    The audit log must never hold biometric data; :func:`device.privacy.check_payload`
+    is the policy (the same one every published payload passes). On top of it an
+    audit payload must be a mapping.
 
     Args:
         payload: The record's payload.
@@ -254,81 +204,13 @@ def check_payload(payload: Mapping[str, object]) -> str:
         The canonical JSON text to store.
 
     Raises:
-        AuditError: The payload holds (or looks like it holds) biometric data, or is
-            not plain JSON.
+        AuditError: The payload holds (or looks like it holds) biometric data (a
+            :class:`~device.errors.PrivacyError`), or is not a plain JSON object.
     """
     if not isinstance(payload, Mapping):
         raise AuditError(f"audit payload must be a mapping, not {type(payload).__name__}")
-    _check_value(payload, "payload")
-    text = canonical_json(dict(payload))
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise AuditError(f"audit payload is not valid Unicode: {exc}") from exc
-    if size > MAX_PAYLOAD_BYTES:
-        raise AuditError(
-            f"audit payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES} "
-            "(the audit log records facts, not data)"
-        )
-    return text
-
-
-def _check_value(value: object, where: str) -> None:
-    if value is None or isinstance(value, bool | int):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise AuditError(f"audit payload {where} is {value}; only finite numbers allowed")
-        return
-    if isinstance(value, str):
-        _check_string(value, where)
-        return
-    if isinstance(value, bytes | bytearray | memoryview):
-        raise AuditError(
-            f"audit payload {where} is binary data; the audit log must never hold "
-            "biometric data (images, face chips, embeddings)"
-        )
-    if hasattr(value, "__array__") or hasattr(value, "tolist"):
-        raise AuditError(
-            f"audit payload {where} is an array ({type(value).__name__}); the audit log "
-            "must never hold biometric data such as embeddings"
-        )
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise AuditError(f"audit payload {where} has a non-string key {key!r}")
-            hits = _key_words(key) & BIOMETRIC_WORDS
-            if hits:
-                raise AuditError(
-                    f"audit payload key {where}.{key} names biometric data "
-                    f"({', '.join(sorted(hits))}); the audit log keeps facts (ids, "
-                    "versions, scores), never images or embeddings"
-                )
-            _check_value(item, f"{where}.{key}")
-        return
-    if isinstance(value, list | tuple):
-        if _count_numbers(value) >= MAX_NUMBERS_IN_LIST:
-            raise AuditError(
-                f"audit payload {where} is a list of {_count_numbers(value)} numbers, which "
-                "looks like an embedding; the audit log must never hold biometric data"
-            )
-        for index, item in enumerate(value):
-            _check_value(item, f"{where}[{index}]")
-        return
-    raise AuditError(f"audit payload {where} has unsupported type {type(value).__name__}")
-
-
-def _check_string(value: str, where: str) -> None:
-    if len(value) > MAX_STRING_CHARS:
-        raise AuditError(
-            f"audit payload {where} is a {len(value)}-character string; the limit is "
-            f"{MAX_STRING_CHARS}"
-        )
-    if len(value) >= MAX_ENCODED_CHARS and _ENCODED.fullmatch(value):
-        raise AuditError(
-            f"audit payload {where} is a long base64/hex string, which looks like encoded "
-            "image or embedding data; the audit log must never hold biometric data"
-        )
+    privacy.check_payload(payload, where="audit payload")
+    return canonical_json(dict(payload))
 
 
 def check_actor(actor: str) -> None:

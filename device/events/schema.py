@@ -1,4 +1,4 @@
-"""Payloads the unit publishes: versioned JSON Schemas and a privacy guard.
+"""Payloads the unit publishes: versioned JSON Schemas, encoding, the event values.
 
 Every payload on every topic passes two checks before it reaches the outbox or the
 network:
@@ -6,10 +6,8 @@ network:
 * :func:`validate` checks it against the versioned JSON Schema shipped in
   ``device/events/schemas/`` (``additionalProperties: false`` everywhere, numeric
   ranges, normalised boxes);
-* :func:`privacy_guard` refuses anything that looks like biometric data, whatever
-  the topic: long numeric arrays (an embedding), long base64/hex blobs or ``data:``
-  URIs (an image), keys such as ``embedding``/``image``/``chip``/``jpeg``, and
-  oversized payloads.
+* :func:`encode` runs :func:`device.privacy.check_payload`, the one privacy policy,
+  which refuses anything that looks like biometric data, whatever the topic.
 
 :class:`MatchEvent` is the value the decision stage hands to the publisher.
 """
@@ -17,20 +15,20 @@ network:
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import math
 import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib import resources
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from jsonschema import Draft202012Validator
 
 from device.errors import PublishError
+from device.privacy import check_payload
+from device.timestamps import format_utc, parse_utc
 
 #: Value of the ``schema`` field of each payload kind, and the file that defines it.
 MATCH_SCHEMA: Final = "facegate/match/1"
@@ -45,52 +43,8 @@ SCHEMA_FILES: Final[Mapping[str, str]] = {
     TRACK_END_SCHEMA: "track_end.v1.json",
 }
 
-#: Privacy guard limits. An embedding is 128-512 numbers; a face chip is kilobytes.
-MAX_NUMBERS_PER_ARRAY: Final = 16
-MAX_BLOB_CHARS: Final = 64
-MAX_HEX_CHARS: Final = 128
-MIN_RANDOM_CHARS: Final = 48
-RANDOM_CLASS_CHANGE_RATE: Final = 0.45
-MAX_STRING_CHARS: Final = 512
-MAX_PAYLOAD_BYTES: Final = 32 * 1024
-MAX_DEPTH: Final = 8
-
-#: Key tokens that never appear in an outgoing payload (keys are split on ``_``,
-#: ``-``, ``.``, spaces and camelCase before comparing).
-FORBIDDEN_KEY_TOKENS: Final = frozenset(
-    {
-        "embedding",
-        "embeddings",
-        "vector",
-        "vectors",
-        "descriptor",
-        "descriptors",
-        "image",
-        "images",
-        "img",
-        "chip",
-        "chips",
-        "faceimage",
-        "jpeg",
-        "jpg",
-        "png",
-        "webp",
-        "thumbnail",
-        "snapshot",
-        "crop",
-        "pixels",
-        "frame",
-    }
-)
-
 _ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _REF_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-_BLOB_RE: Final = re.compile(rf"\S{{{MAX_BLOB_CHARS},}}")
-_HEX_RE: Final = re.compile(r"^[0-9A-Fa-f-]+$")
-_BASE32_RE: Final = re.compile(r"^(?=.*[2-7])[A-Z2-7]+$")
-_SEPARATORS_RE: Final = re.compile(r"[/_.:=+-]")
-_DATA_URI_RE: Final = re.compile(r"data:[a-z]+/[a-z0-9.+-]+[;,]", re.IGNORECASE)
-_KEY_SPLIT_RE: Final = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
 
 
 def is_valid_id(value: str) -> bool:
@@ -100,8 +54,7 @@ def is_valid_id(value: str) -> bool:
 
 def format_timestamp(epoch: float) -> str:
     """RFC 3339 UTC with milliseconds, e.g. ``2024-05-01T12:00:00.123Z``."""
-    moment = datetime.fromtimestamp(epoch, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return format_utc(epoch, digits=3)
 
 
 def parse_timestamp(text: str) -> float:
@@ -110,12 +63,10 @@ def parse_timestamp(text: str) -> float:
     Raises:
         PublishError: ``text`` is not an RFC 3339 UTC timestamp ending in ``Z``.
     """
-    if not text.endswith("Z"):
-        raise PublishError(f"timestamp {text!r} is not UTC (must end in Z)")
     try:
-        return datetime.fromisoformat(text[:-1] + "+00:00").timestamp()
+        return parse_utc(text).timestamp()
     except ValueError as exc:
-        raise PublishError(f"timestamp {text!r} is not RFC 3339: {exc}") from exc
+        raise PublishError(str(exc)) from exc
 
 
 @functools.cache
@@ -153,128 +104,15 @@ def validate(schema_id: str, payload: Mapping[str, Any]) -> None:
         raise PublishError(f"{schema_id} payload invalid at {where}: {message}")
 
 
-def _key_tokens(key: str) -> set[str]:
-    tokens = {t.lower() for t in _KEY_SPLIT_RE.split(key) if t}
-    tokens.add(re.sub(r"[^a-z0-9]", "", key.lower()))
-    return tokens
-
-
-def _numbers_in(items: list[Any] | tuple[Any, ...]) -> int:
-    count = 0
-    for item in items:
-        if isinstance(item, bool):
-            continue
-        if isinstance(item, int | float):
-            count += 1
-        elif isinstance(item, list | tuple):
-            count += _numbers_in(item)
-    return count
-
-
-def _char_class(char: str) -> int:
-    if char.isdigit():
-        return 0
-    if char.isupper():
-        return 1
-    return 2 if char.islower() else 3
-
-
-def _looks_random(run: str) -> bool:
-    """Whether a long run without spaces looks like encoded binary data.
-
-    Topic paths, URLs, snake_case and camelCase ids use the alphabet of base64 (or
-    base85) but change between upper case, lower case, digits and punctuation rarely
-    (once or twice a word); base64 of binary data changes class at about two
-    characters in three, base85 more often.
-    """
-    letters = _SEPARATORS_RE.sub("", run)
-    if len(letters) < MIN_RANDOM_CHARS:
-        return False
-    if _BASE32_RE.match(letters):
-        return True
-    changes = sum(_char_class(a) != _char_class(b) for a, b in itertools.pairwise(letters))
-    return changes / (len(letters) - 1) >= RANDOM_CLASS_CHANGE_RATE
-
-
-def _check_string(value: str, where: str) -> None:
-    if len(value) > MAX_STRING_CHARS:
-        raise PublishError(f"privacy guard: string at {where} is {len(value)} characters long")
-    if _DATA_URI_RE.search(value):
-        raise PublishError(f"privacy guard: data URI at {where}")
-    for run in _BLOB_RE.findall(value):
-        if _HEX_RE.match(run):
-            if len(run) > MAX_HEX_CHARS:
-                raise PublishError(f"privacy guard: {len(run)}-character hex blob at {where}")
-            continue
-        if _looks_random(run):
-            raise PublishError(f"privacy guard: {len(run)}-character base64-like blob at {where}")
-
-
-def _walk(value: Any, where: str, depth: int) -> None:
-    if depth > MAX_DEPTH:
-        raise PublishError(f"privacy guard: payload nested deeper than {MAX_DEPTH} at {where}")
-    if value is None or isinstance(value, bool | int):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise PublishError(f"privacy guard: non-finite number at {where}")
-        return
-    if isinstance(value, str):
-        _check_string(value, where)
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise PublishError(f"privacy guard: non-string key at {where}")
-            _check_string(key, where)
-            bad = _key_tokens(key) & FORBIDDEN_KEY_TOKENS
-            if bad:
-                raise PublishError(
-                    f"privacy guard: key {key!r} at {where} looks like biometric data "
-                    f"({', '.join(sorted(bad))})"
-                )
-            _walk(item, f"{where}/{key}", depth + 1)
-        return
-    if isinstance(value, list | tuple):
-        numbers = _numbers_in(value)
-        if numbers > MAX_NUMBERS_PER_ARRAY:
-            raise PublishError(
-                f"privacy guard: array of {numbers} numbers at {where} looks like an embedding"
-            )
-        for index, item in enumerate(value):
-            _walk(item, f"{where}/{index}", depth + 1)
-        return
-    raise PublishError(
-        f"privacy guard: value of type {type(value).__name__} at {where} is not plain JSON"
-    )
-
-
-def privacy_guard(payload: object) -> None:
-    """Refuse a payload that could carry an image or an embedding.
-
-    Runs on every outgoing payload of every topic, schema or not.
+def encode(payload: object, *, check: bool = True, where: str = "payload") -> bytes:
+    """Compact UTF-8 JSON for the wire, after the privacy policy unless ``check`` is False.
 
     Raises:
-        PublishError: The payload holds a long numeric array, a base64/hex blob, a
-            ``data:`` URI, a forbidden key (``embedding``, ``image``, ``chip``, ...), a
-            non-JSON value, or is larger than :data:`MAX_PAYLOAD_BYTES` encoded.
-    """
-    if isinstance(payload, bytes | bytearray | memoryview):
-        raise PublishError("privacy guard: raw bytes are never published; pass JSON values")
-    _walk(payload, "", 0)
-    size = len(encode(payload, check=False))
-    if size > MAX_PAYLOAD_BYTES:
-        raise PublishError(f"privacy guard: payload of {size} bytes exceeds {MAX_PAYLOAD_BYTES}")
-
-
-def encode(payload: object, *, check: bool = True) -> bytes:
-    """Compact UTF-8 JSON for the wire, after the privacy guard unless ``check`` is False.
-
-    Raises:
-        PublishError: The guard refuses it or it is not JSON-serialisable.
+        PublishError: The policy refuses it (a :class:`~device.errors.PrivacyError`
+            naming ``where`` and the field) or it is not JSON-serialisable.
     """
     if check:
-        privacy_guard(payload)
+        check_payload(payload, where=where)
     try:
         text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -283,17 +121,17 @@ def encode(payload: object, *, check: bool = True) -> bytes:
 
 
 def prepare(schema_id: str, payload: Mapping[str, Any]) -> bytes:
-    """Validate against ``schema_id``, run the privacy guard, encode.
+    """Validate against ``schema_id``, run the privacy policy, encode.
 
     Raises:
-        PublishError: The payload fails the schema or the guard.
+        PublishError: The payload fails the schema or the policy.
     """
     if payload.get("schema") != schema_id:
         raise PublishError(
             f"payload declares schema {payload.get('schema')!r}, expected {schema_id!r}"
         )
     validate(schema_id, payload)
-    return encode(payload)
+    return encode(payload, where=f"{schema_id} payload")
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,8 +187,59 @@ def _new_event_id() -> str:
     return str(uuid.uuid4())
 
 
+def _check_ids(unit: str, camera: str, identity_id: str) -> None:
+    if not is_valid_id(unit) or not is_valid_id(camera):
+        raise PublishError(f"unit {unit!r} and camera {camera!r} must match {_ID_RE.pattern}")
+    if not _REF_RE.match(identity_id):
+        raise PublishError(f"identity id {identity_id!r} must match {_REF_RE.pattern}")
+
+
+class _CameraEvent:
+    """What a per-camera event payload shares: its topic, schema check and encoding."""
+
+    __slots__ = ()
+    SCHEMA: ClassVar[str]
+    KIND: ClassVar[str]
+    unit: str
+    camera: str
+    track_id: int
+    identity_id: str
+    event_id: str
+
+    @property
+    def topic_suffix(self) -> str:
+        """The topic below ``facegate/<unit>/``: ``<camera>/<kind>``."""
+        return f"{self.camera}/{self.KIND}"
+
+    def _fields(self) -> dict[str, Any]:
+        """The payload's fields after the ids, in schema order."""
+        raise NotImplementedError
+
+    def to_payload(self) -> dict[str, Any]:
+        """The payload dict, validated against the event's schema.
+
+        Raises:
+            PublishError: The result does not match the schema.
+        """
+        payload: dict[str, Any] = {
+            "schema": self.SCHEMA, "event_id": self.event_id, "unit": self.unit,
+            "camera": self.camera, "track_id": self.track_id, "identity_id": self.identity_id,
+            **self._fields(),
+        }
+        validate(self.SCHEMA, payload)
+        return payload
+
+    def encode(self) -> bytes:
+        """Wire bytes: validated compact JSON that passed the privacy policy.
+
+        Raises:
+            PublishError: The payload fails the schema or the privacy policy.
+        """
+        return prepare(self.SCHEMA, self.to_payload())
+
+
 @dataclass(frozen=True, slots=True)
-class MatchEvent:
+class MatchEvent(_CameraEvent):
     """One match decision, as published on ``facegate/<unit>/<camera>/match``.
 
     Attributes:
@@ -392,12 +281,7 @@ class MatchEvent:
     event_id: str = field(default_factory=_new_event_id)
 
     def __post_init__(self) -> None:
-        if not is_valid_id(self.unit) or not is_valid_id(self.camera):
-            raise PublishError(
-                f"unit {self.unit!r} and camera {self.camera!r} must match {_ID_RE.pattern}"
-            )
-        if not _REF_RE.match(self.identity_id):
-            raise PublishError(f"identity id {self.identity_id!r} must match {_REF_RE.pattern}")
+        _check_ids(self.unit, self.camera, self.identity_id)
         if self.decided_at < self.first_seen:
             raise PublishError("a match cannot be decided before its track was first seen")
         try:
@@ -407,24 +291,11 @@ class MatchEvent:
         if canonical != self.event_id:
             raise PublishError(f"event id {self.event_id!r} must be a lower-case UUID")
 
-    @property
-    def topic_suffix(self) -> str:
-        """The topic below ``facegate/<unit>/``: ``<camera>/match``."""
-        return f"{self.camera}/match"
+    SCHEMA: ClassVar[str] = MATCH_SCHEMA
+    KIND: ClassVar[str] = "match"
 
-    def to_payload(self) -> dict[str, Any]:
-        """The payload dict, validated against ``facegate/match/1``.
-
-        Raises:
-            PublishError: The result does not match the schema.
-        """
-        payload: dict[str, Any] = {
-            "schema": MATCH_SCHEMA,
-            "event_id": self.event_id,
-            "unit": self.unit,
-            "camera": self.camera,
-            "track_id": self.track_id,
-            "identity_id": self.identity_id,
+    def _fields(self) -> dict[str, Any]:
+        return {
             "label": self.label,
             "similarity": round(float(self.similarity), 4),
             "false_match_rate": float(self.false_match_rate),
@@ -436,16 +307,6 @@ class MatchEvent:
             "review_required": self.review_required,
             "box": self.box.to_json(),
         }
-        validate(MATCH_SCHEMA, payload)
-        return payload
-
-    def encode(self) -> bytes:
-        """Wire bytes: validated, privacy-guarded compact JSON.
-
-        Raises:
-            PublishError: The payload fails the schema or the privacy guard.
-        """
-        return prepare(MATCH_SCHEMA, self.to_payload())
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> MatchEvent:
@@ -478,7 +339,7 @@ class MatchEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class TrackEndEvent:
+class TrackEndEvent(_CameraEvent):
     """A track announced as an identity has ended (``facegate/<unit>/<camera>/track_end``).
 
     Attributes:
@@ -509,46 +370,18 @@ class TrackEndEvent:
     event_id: str = field(default_factory=_new_event_id)
 
     def __post_init__(self) -> None:
-        if not is_valid_id(self.unit) or not is_valid_id(self.camera):
-            raise PublishError(
-                f"unit {self.unit!r} and camera {self.camera!r} must match {_ID_RE.pattern}"
-            )
-        if not _REF_RE.match(self.identity_id):
-            raise PublishError(f"identity id {self.identity_id!r} must match {_REF_RE.pattern}")
+        _check_ids(self.unit, self.camera, self.identity_id)
         if self.last_seen < self.first_seen:
             raise PublishError("a track cannot be last seen before it was first seen")
 
-    @property
-    def topic_suffix(self) -> str:
-        """The topic below ``facegate/<unit>/``: ``<camera>/track_end``."""
-        return f"{self.camera}/track_end"
+    SCHEMA: ClassVar[str] = TRACK_END_SCHEMA
+    KIND: ClassVar[str] = "track_end"
 
-    def to_payload(self) -> dict[str, Any]:
-        """The payload dict, validated against ``facegate/track_end/1``.
-
-        Raises:
-            PublishError: The result does not match the schema.
-        """
-        payload: dict[str, Any] = {
-            "schema": TRACK_END_SCHEMA,
-            "event_id": self.event_id,
+    def _fields(self) -> dict[str, Any]:
+        return {
             "match_event_id": self.match_event_id,
-            "unit": self.unit,
-            "camera": self.camera,
-            "track_id": self.track_id,
-            "identity_id": self.identity_id,
             "first_seen": format_timestamp(self.first_seen),
             "last_seen": format_timestamp(self.last_seen),
             "frames_seen": self.frames_seen,
             "ended_at": format_timestamp(self.ended_at),
         }
-        validate(TRACK_END_SCHEMA, payload)
-        return payload
-
-    def encode(self) -> bytes:
-        """Wire bytes: validated, privacy-guarded compact JSON.
-
-        Raises:
-            PublishError: The payload fails the schema or the privacy guard.
-        """
-        return prepare(TRACK_END_SCHEMA, self.to_payload())

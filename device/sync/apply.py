@@ -603,7 +603,7 @@ class GallerySync:
             try:
                 self.audit.record_sync_refused(
                     to_version=manifest.version if manifest else None,
-                    bundle_sha256=manifest.digest if manifest else None, reason=message[:900])
+                    bundle_sha256=manifest.digest if manifest else None, reason=message)
             except AuditError as err:
                 logger.error("cannot audit the refusal: %s", err)
         state = GalleryState.of(live, outcome="refused", status="failed",

@@ -25,12 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from device.errors import PublishError
-from device.events.schema import (
-    GALLERY_STATE_SCHEMA,
-    format_timestamp,
-    privacy_guard,
-    validate,
-)
+from device.events.schema import GALLERY_STATE_SCHEMA, format_timestamp, validate
+from device.privacy import check_payload
 from device.sync.layout import LiveInfo, Status
 
 logger = logging.getLogger(__name__)
@@ -86,7 +82,7 @@ class GalleryState:
         """The schema-valid payload for ``unit``.
 
         A message that is too long is shortened; one that still fails the schema or
-        the privacy guard is replaced by the outcome and reason code alone, so a
+        the privacy policy is replaced by the outcome and reason code alone, so a
         report is never lost to its wording.
         """
         message = self.message
@@ -101,7 +97,7 @@ class GalleryState:
         }
         try:
             validate(GALLERY_STATE_SCHEMA, out)
-            privacy_guard(out)
+            check_payload(out, where=f"{GALLERY_STATE_SCHEMA} payload")
         except PublishError as exc:
             logger.warning("gallery state message replaced: %s", exc)
             out["message"] = f"{self.outcome} ({self.reason or 'unknown'})"

@@ -216,9 +216,9 @@ def check_payload(topic: str, payload: bytes) -> None:
         GALLERY_STATE_SCHEMA,
         HEALTH_SCHEMA,
         MATCH_SCHEMA,
-        privacy_guard,
         validate,
     )
+    from device.privacy import check_payload as privacy_guard
 
     parts = topic.split("/")
     if parts[-1] == "status" and parts[0] == "facegate":

@@ -24,9 +24,9 @@ from device.events.schema import (
     load_schema,
     parse_timestamp,
     prepare,
-    privacy_guard,
     validate,
 )
+from device.privacy import check_payload as privacy_guard
 
 T0 = 1_714_564_800.0  # 2024-05-01T12:00:00Z
 

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from device.camera import SourceHealth, SourceState
 from device.cli import main
 from device.errors import DeviceError
-from device.events.schema import HEALTH_SCHEMA, format_timestamp, privacy_guard, validate
+from device.events.schema import HEALTH_SCHEMA, format_timestamp, validate
+from device.privacy import check_payload as privacy_guard
 from device.service.health import (
     camera_state,
     format_status,
