@@ -23,7 +23,6 @@ from device.audit import (
     verify_export_lines,
 )
 from device.audit.record import canonical_json, parse_time
-from device.cli import main
 from device.cli.common import emit_json, handle_errors, json_option
 from device.errors import AuditError
 
@@ -40,7 +39,7 @@ def _db(path: Path | None) -> Path:
     return path if path is not None else default_audit_path()
 
 
-@main.group("audit")
+@click.group("audit")
 def audit_group() -> None:
     """Verify, export and show the hash-chained audit log."""
 

@@ -9,7 +9,6 @@ from contextlib import contextmanager
 import click
 from tqdm import tqdm
 
-from device.cli import bench
 from device.cli.common import emit_json, handle_errors, json_option
 from device.lab import search_bench
 
@@ -37,7 +36,7 @@ def _bar(label: str, total: int) -> Iterator[Callable[[int], object]]:
         yield bar.update
 
 
-@bench.command("search")
+@click.command("search")
 @click.option("--size", "sizes", default="10000,100000,1000000", show_default=True,
               help="Gallery sizes, comma-separated.")
 @click.option("--k", default=1, show_default=True, type=click.IntRange(min=1),

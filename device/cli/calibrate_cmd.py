@@ -19,7 +19,6 @@ from pathlib import Path
 import click
 import numpy as np
 
-from device.cli import main
 from device.cli.common import emit_json, handle_errors, json_option
 from device.cli.face_tools import (
     model_option,
@@ -40,7 +39,7 @@ def _tar(genuine: np.ndarray, threshold: float | None) -> float | None:
     return float((genuine >= threshold).mean())
 
 
-@main.command("calibrate")
+@click.command("calibrate")
 @click.option("--pairs", "pairs_csv", type=click.Path(dir_okay=False, path_type=Path),
               default=None,
               help="Pairs CSV (fold,image_a,image_b,same, as `eval pairs`), paths relative "

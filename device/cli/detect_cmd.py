@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 from PIL import Image as PILImage
 
-from device.cli import bench, main
 from device.cli.common import emit_json, handle_errors, json_option
 from device.errors import ImageError
 from device.imageio import IMAGE_SUFFIXES, iter_image_files, read_image
@@ -86,7 +85,7 @@ def _print_text(item: _Input, width: int, height: int, faces: list[Detection]) -
                    + (f" keypoints {kps}" if kps else ""))
 
 
-@main.command("detect")
+@click.command("detect")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @json_option
 @click.option("--model", type=click.Choice(["full", "short"]), default="full", show_default=True,
@@ -146,7 +145,7 @@ def detect(paths: tuple[Path, ...], as_json: bool, model: str, tile: bool, thres
         sys.exit(1)
 
 
-@bench.command("detect")
+@click.command("detect")
 @json_option
 @click.option("--model", type=click.Choice(["full", "short"]), default="full", show_default=True)
 @click.option("--runs", type=click.IntRange(1, 10_000), default=30, show_default=True,

@@ -9,7 +9,6 @@ from typing import Any
 
 import click
 
-from device.cli import main
 from device.cli.common import emit_json, handle_errors, json_option
 from device.errors import ImageError
 from device.imageio import IMAGE_SUFFIXES, iter_image_files, read_image
@@ -45,7 +44,7 @@ def _record(image: str, model: str, box: Any, vector: Any) -> dict[str, Any]:
     }
 
 
-@main.command("embed")
+@click.command("embed")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @json_option
 @click.option("--all", "all_faces", is_flag=True,

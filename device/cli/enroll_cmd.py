@@ -26,7 +26,7 @@ from device.cli.face_tools import (
     progress_bar,
     threads_option,
 )
-from device.cli.gallery_cmd import db_option, gallery_group, gallery_path
+from device.cli.gallery_cmd import db_option, gallery_path
 from device.enroll.enroll import (
     EnrollmentReport,
     IdentityReport,
@@ -196,7 +196,7 @@ def _output(report: EnrollmentReport, as_json: bool, db_path: Path | None) -> No
         sys.exit(1)
 
 
-@gallery_group.command("enroll")
+@click.command("enroll")
 @click.argument("photos", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--label", required=True, help="The person's display name.")
 @_identity_options
@@ -228,7 +228,7 @@ def enroll(photos: tuple[Path, ...], label: str, expires: str | None, consent_re
     _output(report, as_json, db_path)
 
 
-@gallery_group.command("enroll-dir")
+@click.command("enroll-dir")
 @click.argument("root", type=click.Path(file_okay=False, path_type=Path))
 @_identity_options
 @model_option

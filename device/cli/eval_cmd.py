@@ -1,4 +1,4 @@
-"""``facegate eval``: accuracy on labelled photos. ``eval pairs`` here; others add verbs."""
+"""``facegate eval``: accuracy on labelled photos. The group and ``eval pairs``."""
 
 from __future__ import annotations
 
@@ -11,26 +11,14 @@ from typing import Any
 
 import click
 
-from device.cli import main
 from device.cli.common import emit_json, handle_errors, json_option
 
 logger = logging.getLogger(__name__)
 
 
-def _eval_group() -> click.Group:
-    """The ``eval`` group; whichever verb module is imported first creates it."""
-    existing = main.commands.get("eval")
-    if isinstance(existing, click.Group):
-        return existing
-
-    @main.group("eval")
-    def eval_group() -> None:
-        """Accuracy evaluations on labelled data sets: printed figures, never pass/fail."""
-
-    return eval_group
-
-
-eval_group = _eval_group()
+@click.group("eval")
+def eval_group() -> None:
+    """Accuracy evaluations on labelled data sets: printed figures, never pass/fail."""
 
 
 def _progress(total: int, label: str) -> Any:

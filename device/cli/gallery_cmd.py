@@ -13,7 +13,6 @@ from pathlib import Path
 import click
 
 from device.audit import AuditLog, default_audit_path
-from device.cli import main
 from device.cli.common import emit_json, handle_errors, json_option
 from device.errors import GalleryError
 from device.events.config import OUTBOX_FILENAME
@@ -44,7 +43,7 @@ def _date(ts: float | None) -> str:
     return "-" if text is None else text[:19].replace("T", " ")
 
 
-@main.group("gallery")
+@click.group("gallery")
 def gallery_group() -> None:
     """The local gallery of enrolled identities."""
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import click
 
-from device.cli import main
 from device.cli.common import emit_json, handle_errors, json_option
 from device.cli.face_tools import (
     fmr_text,
@@ -45,7 +44,7 @@ def _print(path: Path, faces: list[FaceIdentification]) -> None:
                        f"{c.similarity:.4f}  FMR {fmr_text(c.fmr, c.fmr_upper_bound)}")
 
 
-@main.command("identify")
+@click.command("identify")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top", "-k", "top", type=click.IntRange(1, 100), default=5, show_default=True,
               help="Candidates per face.")

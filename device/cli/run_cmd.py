@@ -9,13 +9,12 @@ from types import FrameType
 
 import click
 
-from device.cli import main
 from device.cli.common import emit_json, handle_errors, json_option
 from device.paths import default_state_dir
 from device.service.config import HEALTH_FILENAME, load_config
 
 
-@main.command("run")
+@click.command("run")
 @click.option("--config", "config_path", required=True,
               type=click.Path(dir_okay=False, path_type=Path),
               help="The unit's TOML configuration (see provisioning/config.example.toml).")
@@ -55,7 +54,7 @@ def run_command(config_path: Path, check: bool) -> None:
         sys.exit(1)
 
 
-@main.command("status")
+@click.command("status")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="The unit's configuration (to find its health file).")
 @click.option("--file", "health_file", type=click.Path(dir_okay=False, path_type=Path),

@@ -18,7 +18,6 @@ from pathlib import Path
 import click
 
 from device.audit import AuditLog
-from device.cli import main
 from device.cli.common import emit_json, handle_errors, json_option
 from device.cli.gallery_cmd import GALLERY_FILE, gallery_path
 from device.errors import SyncError
@@ -39,7 +38,7 @@ db_option = click.option(
     help=f"The unit's gallery. [default: <state dir>/{GALLERY_FILE}]")
 
 
-@main.group("sync")
+@click.group("sync")
 def sync_group() -> None:
     """Signed, versioned gallery bundles."""
 
