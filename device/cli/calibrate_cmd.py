@@ -76,7 +76,7 @@ def calibrate(pairs_csv: Path | None, root: Path | None, identities: Path | None
             assert root is not None
             pairs = read_pairs(pairs_csv, root)
             rel = sorted({name for p in pairs for name in (p.a, p.b)})
-            with progress_bar(len(rel), "embedding", "image") as advance:
+            with progress_bar(len(rel), "embedding", "image", as_json=as_json) as advance:
                 embedded = embed_files(root, rel, [""] * len(rel), detector, embedder,
                                        progress=lambda _p: advance(1))
             genuine, impostor, skipped = pair_scores(pairs, embedded)
@@ -86,7 +86,7 @@ def calibrate(pairs_csv: Path | None, root: Path | None, identities: Path | None
         else:
             assert identities is not None
             rel, labels = list_tree(identities, limit_identities)
-            with progress_bar(len(rel), "embedding", "image") as advance:
+            with progress_bar(len(rel), "embedding", "image", as_json=as_json) as advance:
                 embedded = embed_files(identities, rel, labels, detector, embedder,
                                        progress=lambda _p: advance(1))
             impostor_f32, _ = impostor_scores(embedded)

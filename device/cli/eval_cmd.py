@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from device.cli.common import emit_json, handle_errors, json_option
+from device.cli.common import emit_json, handle_errors, json_option, progress
 
 logger = logging.getLogger(__name__)
 
@@ -21,12 +20,12 @@ def eval_group() -> None:
     """Accuracy evaluations on labelled data sets: printed figures, never pass/fail."""
 
 
-def _progress(total: int, label: str) -> Any:
-    from tqdm import tqdm
-
-    def wrap(items: Iterable[str]) -> Iterable[str]:
-        return tqdm(items, total=total, desc=label, unit="img", file=sys.stderr,
-                    mininterval=2.0, dynamic_ncols=True)
+def _progress(total: int, label: str, as_json: bool) -> Any:
+    def wrap(items: Iterable[str]) -> Iterator[str]:
+        with progress(total, label, as_json=as_json) as advance:
+            for item in items:
+                yield item
+                advance(1)
 
     return wrap
 
@@ -151,7 +150,7 @@ def eval_pairs(
         if compare:
             systems.append(evaluation.FaceRecognitionSystem())
         embedded = evaluation.embed_images(
-            root, names, systems, progress=_progress(len(names), "embedding"),
+            root, names, systems, progress=_progress(len(names), "embedding", as_json),
         )
     rows: list[evaluation.Row] = []
     for result in embedded:

@@ -88,7 +88,7 @@ def eval_identify(root: Path, unenrolled_fraction: float, seed: int,
     rel, labels = list_tree(root, limit_identities)
     with open_finder(threads) as detector, \
             open_embedder(model_id, threads) as embedder, \
-            progress_bar(len(rel), "embedding", "image") as advance:
+            progress_bar(len(rel), "embedding", "image", as_json=as_json) as advance:
         embedded = embed_files(root, rel, labels, detector, embedder,
                                progress=lambda _p: advance(1))
     try:

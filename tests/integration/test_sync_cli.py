@@ -75,7 +75,7 @@ def test_build_sign_apply_status(tmp_path: Path) -> None:
                  "--delta-from", str(bundles / "v1"), "--json"))
     assert (v2["kind"], v2["base_version"], v2["added"], v2["removed"]) == ("delta", 1, 1, 1)
     audit = tmp_path / "audit.db"
-    text = run("sync", "apply", str(bundles / "v2"), *common, "--audit", str(audit))
+    text = run("sync", "apply", str(bundles / "v2"), *common, "--audit-log", str(audit))
     assert text.exit_code == 0 and "applied version 2" in text.stdout, text.output
     old = run("sync", "apply", str(bundles / "v1"), *common, "--json")
     assert old.exit_code == 3 and json.loads(old.stdout)["reason"] == "rollback"
