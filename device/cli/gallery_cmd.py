@@ -122,8 +122,8 @@ def _by_id_or_label(store: GalleryStore, key: str) -> Identity:
         if named:
             raise GalleryError(f"{len(named)} identities are labelled {key!r}; give an id: "
                                + ", ".join(i.id for i in named)) from None
-        raise GalleryError(f"no identity with id or label {key!r} in gallery {store.path} "
-                           "(`facegate gallery list` shows ids and labels)") from None
+        raise GalleryError(f"no identity {key!r} in gallery {store.path}: neither an id nor "
+                           "a label (`facegate gallery list` shows both)") from None
 
 
 @gallery_group.command("show")

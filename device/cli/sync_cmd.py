@@ -27,7 +27,7 @@ from device.cli.common import (
     reported_here,
 )
 from device.cli.gallery_cmd import GALLERY_FILE, gallery_path
-from device.errors import SyncError
+from device.errors import ModelError, SyncError
 from device.events.config import read_secret
 from device.sync.apply import GallerySync, SyncPolicy, read_status
 from device.sync.bundle import DEFAULT_CHUNK_SIZE, build_bundle, sign_bundle
@@ -182,7 +182,10 @@ def apply(directory: Path, config_path: Path | None, db_path: Path | None, trust
     if model_id is None and GalleryLayout(path).live_target() is None:
         model_id = DLIB_MODEL_ID  # the embedder `facegate run` uses by default
     if model_id is not None and dim is None:
-        dim = embedding_dim(get_spec(model_id))
+        try:
+            dim = embedding_dim(get_spec(model_id))
+        except ModelError:
+            pass  # a model the manifest does not describe: the live gallery's dim, or --dim
     policy = SyncPolicy(unit_id=unit_id, model_id=model_id, dim=dim, threshold=threshold)
     audit = AuditLog(audit_path) if audit_path is not None else None
     try:
