@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from device.cli.common import emit_json, handle_errors, json_option
+from device.cli.common import STATE_DIR_HELP, emit_json, handle_errors, json_option
 from device.paths import default_state_dir
 from device.service.config import HEALTH_FILENAME, FacegateConfig, load_config
 
@@ -83,7 +83,8 @@ def drop_report(config: FacegateConfig, pipeline: dict[str, Any]) -> list[str]:
 
 @click.command("status")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="The unit's configuration (to find its health file).")
+              help="The unit's configuration (to find its health file). [default: "
+                   f"<state dir>/{HEALTH_FILENAME}; {STATE_DIR_HELP}]")
 @click.option("--file", "health_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Read this health file instead.")
 @json_option

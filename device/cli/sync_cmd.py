@@ -11,6 +11,7 @@ refused (the reason is printed), 2 on any other error.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import click
 
 from device.audit import AuditLog
 from device.cli.common import (
+    STATE_DIR_HELP,
     announce_state_dir,
     audit_log_option,
     emit_json,
@@ -44,7 +46,8 @@ EXIT_REFUSED = 3
 
 db_option = click.option(
     "--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    help=f"The unit's gallery. [default: <state dir>/{GALLERY_FILE}]")
+    help=f"The unit's gallery. [default: <state dir>/{GALLERY_FILE}; "
+         f"{STATE_DIR_HELP}]")
 
 
 @click.group("sync")
@@ -182,10 +185,9 @@ def apply(directory: Path, config_path: Path | None, db_path: Path | None, trust
     if model_id is None and GalleryLayout(path).live_target() is None:
         model_id = DLIB_MODEL_ID  # the embedder `facegate run` uses by default
     if model_id is not None and dim is None:
-        try:
+        # A model the manifest does not describe: the live gallery's dim, or --dim.
+        with contextlib.suppress(ModelError):
             dim = embedding_dim(get_spec(model_id))
-        except ModelError:
-            pass  # a model the manifest does not describe: the live gallery's dim, or --dim
     policy = SyncPolicy(unit_id=unit_id, model_id=model_id, dim=dim, threshold=threshold)
     audit = AuditLog(audit_path) if audit_path is not None else None
     try:
