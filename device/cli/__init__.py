@@ -1,6 +1,8 @@
 """The ``facegate`` command line. Thin: parses, calls the library, prints.
 
-Each verb group lives in its own module and is registered here.
+Each verb module defines its commands and groups without knowing about ``main``;
+this module registers every one of them explicitly, so the command tree is read
+here in one place.
 """
 
 from __future__ import annotations
@@ -8,6 +10,26 @@ from __future__ import annotations
 import click
 
 from device import __version__
+from device.cli import (
+    audit_cmd,
+    bench_embed,
+    bench_pipeline,
+    bench_search,
+    calibrate_cmd,
+    demo_cmd,
+    detect_cmd,
+    doctor_cmd,
+    embed_cmd,
+    enroll_cmd,
+    eval_cmd,
+    eval_identify_cmd,
+    gallery_cmd,
+    identify_cmd,
+    keys_cmd,
+    models_cmd,
+    run_cmd,
+    sync_cmd,
+)
 from device.cli.common import setup_logging
 
 
@@ -19,29 +41,27 @@ def main(verbose: int) -> None:
     setup_logging(verbose)
 
 
-@main.group()
+@click.group("bench")
 def bench() -> None:
     """Benchmarks: printed tables, never pass/fail."""
 
 
-# Verb registration: one import per module; each module attaches its commands to
-# `main` or `bench`.
-from device.cli import models_cmd  # noqa: E402,F401
+def _register() -> None:
+    for command in (bench_embed.bench_embed, bench_embed.bench_embed_compare,
+                    bench_pipeline.bench_pipeline, bench_search.bench_search,
+                    detect_cmd.bench_detect):
+        bench.add_command(command)
+    gallery_cmd.gallery_group.add_command(enroll_cmd.enroll)
+    gallery_cmd.gallery_group.add_command(enroll_cmd.enroll_dir)
+    eval_cmd.eval_group.add_command(eval_identify_cmd.eval_identify)
+    for command in (
+        audit_cmd.audit_group, bench, calibrate_cmd.calibrate, demo_cmd.demo_command,
+        detect_cmd.detect, doctor_cmd.doctor_command, embed_cmd.embed, eval_cmd.eval_group,
+        gallery_cmd.gallery_group, identify_cmd.identify, keys_cmd.keys_group,
+        models_cmd.models_group, run_cmd.run_command, run_cmd.status_command,
+        sync_cmd.sync_group,
+    ):
+        main.add_command(command)
 
-from device.cli import audit_cmd  # noqa: E402,F401  # isort: skip
-from device.cli import detect_cmd  # noqa: E402,F401  # isort: skip
-from device.cli import bench_embed  # noqa: E402,F401  # isort: skip
-from device.cli import gallery_cmd  # noqa: E402,F401  # isort: skip
-from device.cli import bench_search  # noqa: E402,F401  # isort: skip
-from device.cli import keys_cmd  # noqa: E402,F401  # isort: skip
-from device.cli import sync_cmd  # noqa: E402,F401  # isort: skip
-from device.cli import doctor_cmd  # noqa: E402,F401  # isort: skip
-from device.cli import run_cmd  # noqa: E402,F401  # isort: skip
-from device.cli import bench_pipeline  # noqa: E402,F401  # isort: skip
-from device.cli import enroll_cmd  # noqa: E402,F401  # isort: skip
-from device.cli import identify_cmd  # noqa: E402,F401  # isort: skip
-from device.cli import calibrate_cmd  # noqa: E402,F401  # isort: skip
-from device.cli import eval_identify_cmd  # noqa: E402,F401  # isort: skip
-from device.cli import embed_cmd  # noqa: E402,F401  # isort: skip
-from device.cli import eval_cmd  # noqa: E402,F401  # isort: skip
-from device.cli import demo_cmd  # noqa: E402,F401  # isort: skip
+
+_register()

@@ -23,30 +23,39 @@ from device.audit import (
     verify_export_lines,
 )
 from device.audit.record import canonical_json, parse_time
-from device.cli import main
-from device.cli.common import emit_json, handle_errors, json_option
+from device.cli.common import STATE_DIR_HELP, emit_json, handle_errors, json_option
 from device.errors import AuditError
 
-db_option = click.option(
-    "--db",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Audit log file. [default: audit.db in $STATE_DIRECTORY, else "
-    "$XDG_STATE_HOME/facegate, else ~/.local/state/facegate]",
-)
+
+def _log_options(func: click.decorators.FC) -> click.decorators.FC:
+    """``--audit-log FILE`` or ``--config FILE`` (the unit's audit log)."""
+    func = click.option(
+        "--config", "config_path", default=None,
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help="The unit's configuration: read its audit log.")(func)
+    return click.option(
+        "--audit-log", "db", type=click.Path(path_type=Path, dir_okay=False), default=None,
+        help=f"Audit log file. [default: the config's, else <state dir>/audit.db; "
+             f"{STATE_DIR_HELP}]")(func)
 
 
-def _db(path: Path | None) -> Path:
-    return path if path is not None else default_audit_path()
+def _db(path: Path | None, config_path: Path | None = None) -> Path:
+    if path is not None:
+        return path
+    if config_path is not None:
+        from device.service.config import load_config  # the service's models: only here
+
+        return load_config(config_path)[0].audit_path
+    return default_audit_path()
 
 
-@main.group("audit")
+@click.group("audit")
 def audit_group() -> None:
     """Verify, export and show the hash-chained audit log."""
 
 
 @audit_group.command("verify")
-@db_option
+@_log_options
 @click.option(
     "--jsonl",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -71,6 +80,7 @@ def audit_group() -> None:
 @handle_errors
 def verify_cmd(
     db: Path | None,
+    config_path: Path | None,
     jsonl: Path | None,
     expect_heads: tuple[str, ...],
     partial: bool,
@@ -80,8 +90,8 @@ def verify_cmd(
 
     Exits 0 when the log is intact, 1 when it is not, 2 when it cannot be checked.
     """
-    if db is not None and jsonl is not None:
-        raise click.UsageError("give --db or --jsonl, not both")
+    if (db is not None or config_path is not None) and jsonl is not None:
+        raise click.UsageError("give --audit-log (or --config) or --jsonl, not both")
     if partial and jsonl is None:
         raise click.UsageError("--partial applies to --jsonl exports only")
     expect = [ExpectedHead.parse(text) for text in expect_heads]
@@ -89,7 +99,7 @@ def verify_cmd(
         result = _verify_jsonl(jsonl, expect, partial)
         where = str(jsonl)
     else:
-        path = _db(db)
+        path = _db(db, config_path)
         result = verify(path, expect)
         where = str(path)
     if as_json:
@@ -129,7 +139,7 @@ def _describe(where: str, result: VerifyResult) -> str:
 
 
 @audit_group.command("export")
-@db_option
+@_log_options
 @click.option(
     "--since",
     default=None,
@@ -145,11 +155,12 @@ def _describe(where: str, result: VerifyResult) -> str:
     help="Write here (created owner-only) instead of standard output.",
 )
 @handle_errors
-def export_cmd(db: Path | None, since: str | None, output: Path) -> None:
+def export_cmd(db: Path | None, config_path: Path | None, since: str | None,
+               output: Path) -> None:
     """Write records as JSON lines, one per record, verifiable offline with
     ``facegate audit verify --jsonl FILE``."""
     since_at = parse_time(since) if since is not None else None
-    log_id, records = read_records(_db(db), since=since_at)
+    log_id, records = read_records(_db(db, config_path), since=since_at)
     if str(output) == "-":
         _write_export(sys.stdout, log_id, records)
         return
@@ -168,14 +179,14 @@ def _write_export(handle: TextIO, log_id: str, records: list[AuditRecord]) -> No
 
 
 @audit_group.command("show")
-@db_option
+@_log_options
 @click.option("--last", "last", type=click.IntRange(min=1), default=20, show_default=True,
               help="How many of the newest records to show.")
 @json_option
 @handle_errors
-def show_cmd(db: Path | None, last: int, as_json: bool) -> None:
+def show_cmd(db: Path | None, config_path: Path | None, last: int, as_json: bool) -> None:
     """The newest records, oldest first (does not verify; use ``audit verify``)."""
-    log_id, records = read_records(_db(db), last=last)
+    log_id, records = read_records(_db(db, config_path), last=last)
     if as_json:
         emit_json([record.to_export(log_id) for record in records])
         return

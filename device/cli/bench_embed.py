@@ -15,7 +15,6 @@ import click
 import numpy as np
 from numpy.typing import NDArray
 
-from device.cli import bench
 from device.cli.common import emit_json, handle_errors, json_option
 from device.errors import DeviceError, ModelError
 
@@ -66,7 +65,7 @@ def _row(name: str, threads: str, times: list[float]) -> dict[str, Any]:
     }
 
 
-@bench.command("embed")
+@click.command("embed")
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -155,7 +154,7 @@ def bench_embed(
     )
 
 
-@bench.command("embed-compare")
+@click.command("embed-compare")
 @click.option("--images", type=click.Path(exists=True, path_type=Path), default=None,
               help="Image file or folder of face photos (default: the astronaut sample).")
 @click.option("--faces", "count", default=20, show_default=True,

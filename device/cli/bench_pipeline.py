@@ -7,11 +7,10 @@ from pathlib import Path
 
 import click
 
-from device.cli import bench
 from device.cli.common import emit_json, handle_errors, json_option
 
 
-@bench.command("pipeline")
+@click.command("pipeline")
 @click.option("--source", required=True, type=click.Path(exists=True, dir_okay=False,
               path_type=Path), help="Video file to replay (every frame is processed).")
 @click.option("--threads", default=2, show_default=True,

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import click
-from tqdm import tqdm
 
-from device.cli import bench
-from device.cli.common import emit_json, handle_errors, json_option
+from device.cli.common import emit_json, handle_errors, json_option, progress
 from device.lab import search_bench
 
 #: Indexes smaller than this build too fast for a progress bar to help.
@@ -32,12 +29,11 @@ def _bar(label: str, total: int) -> Iterator[Callable[[int], object]]:
     if total < PROGRESS_MIN_ROWS:
         yield lambda n: None
         return
-    with tqdm(total=total, desc=label, unit="rows", unit_scale=True, file=sys.stderr,
-              leave=False, dynamic_ncols=True) as bar:
-        yield bar.update
+    with progress(total, label, "rows") as advance:
+        yield advance
 
 
-@bench.command("search")
+@click.command("search")
 @click.option("--size", "sizes", default="10000,100000,1000000", show_default=True,
               help="Gallery sizes, comma-separated.")
 @click.option("--k", default=1, show_default=True, type=click.IntRange(min=1),

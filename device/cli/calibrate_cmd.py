@@ -19,7 +19,6 @@ from pathlib import Path
 import click
 import numpy as np
 
-from device.cli import main
 from device.cli.common import emit_json, handle_errors, json_option
 from device.cli.face_tools import (
     model_option,
@@ -40,7 +39,7 @@ def _tar(genuine: np.ndarray, threshold: float | None) -> float | None:
     return float((genuine >= threshold).mean())
 
 
-@main.command("calibrate")
+@click.command("calibrate")
 @click.option("--pairs", "pairs_csv", type=click.Path(dir_okay=False, path_type=Path),
               default=None,
               help="Pairs CSV (fold,image_a,image_b,same, as `eval pairs`), paths relative "
@@ -77,7 +76,7 @@ def calibrate(pairs_csv: Path | None, root: Path | None, identities: Path | None
             assert root is not None
             pairs = read_pairs(pairs_csv, root)
             rel = sorted({name for p in pairs for name in (p.a, p.b)})
-            with progress_bar(len(rel), "embedding", "image") as advance:
+            with progress_bar(len(rel), "embedding", "image", as_json=as_json) as advance:
                 embedded = embed_files(root, rel, [""] * len(rel), detector, embedder,
                                        progress=lambda _p: advance(1))
             genuine, impostor, skipped = pair_scores(pairs, embedded)
@@ -87,7 +86,7 @@ def calibrate(pairs_csv: Path | None, root: Path | None, identities: Path | None
         else:
             assert identities is not None
             rel, labels = list_tree(identities, limit_identities)
-            with progress_bar(len(rel), "embedding", "image") as advance:
+            with progress_bar(len(rel), "embedding", "image", as_json=as_json) as advance:
                 embedded = embed_files(identities, rel, labels, detector, embedder,
                                        progress=lambda _p: advance(1))
             impostor_f32, _ = impostor_scores(embedded)

@@ -10,11 +10,10 @@ from typing import Any
 
 import click
 
-from device.cli import main
 from device.cli.common import emit_json, handle_errors, json_option
 
 
-@main.command("demo")
+@click.command("demo")
 @click.option("--clip", is_flag=True,
               help="Enrol the two people of media/video/enroll and replay "
                    "short_hamilton_clip.mp4 from the shared datasets, instead of the "

@@ -10,8 +10,7 @@ from pathlib import Path
 import click
 from PIL import Image as PILImage
 
-from device.cli import bench, main
-from device.cli.common import emit_json, handle_errors, json_option
+from device.cli.common import emit_json, handle_errors, json_option, progress
 from device.errors import ImageError
 from device.imageio import IMAGE_SUFFIXES, iter_image_files, read_image
 from device.lab import detect_bench
@@ -86,7 +85,7 @@ def _print_text(item: _Input, width: int, height: int, faces: list[Detection]) -
                    + (f" keypoints {kps}" if kps else ""))
 
 
-@main.command("detect")
+@click.command("detect")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @json_option
 @click.option("--model", type=click.Choice(["full", "short"]), default="full", show_default=True,
@@ -122,8 +121,10 @@ def detect(paths: tuple[Path, ...], as_json: bool, model: str, tile: bool, thres
     config = BlazeFaceConfig(model=model, threshold=threshold, num_threads=threads,
                              tiling=TilingConfig(enabled=tile))
     taken: set[Path] = set()
-    with BlazeFaceDetector(config) as detector:
+    with BlazeFaceDetector(config) as detector, \
+            progress(len(inputs), "detecting", as_json=as_json) as advance:
         for item in inputs:
+            advance(1)
             try:
                 image = read_image(item.path) if item.path is not None else samples.astronaut()
                 faces = detector.detect(image)
@@ -140,13 +141,14 @@ def detect(paths: tuple[Path, ...], as_json: bool, model: str, tile: bool, thres
                 emit_json({"image": item.label, "width": width, "height": height,
                            "faces": [f.to_json() for f in faces]})
             else:
-                _print_text(item, width, height, faces)
+                with advance.printing():
+                    _print_text(item, width, height, faces)
     if failed:
         logger.info("%d of %d inputs failed", failed, len(inputs) + len(errors))
         sys.exit(1)
 
 
-@bench.command("detect")
+@click.command("detect")
 @json_option
 @click.option("--model", type=click.Choice(["full", "short"]), default="full", show_default=True)
 @click.option("--runs", type=click.IntRange(1, 10_000), default=30, show_default=True,

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import click
 
-from device.cli import main
 from device.cli.common import emit_json, json_option
 from device.ops import doctor
 
 
-@main.command("doctor")
+@click.command("doctor")
 @click.option(
     "--config", "config_path",
     type=click.Path(dir_okay=False, path_type=Path),

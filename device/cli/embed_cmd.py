@@ -9,8 +9,7 @@ from typing import Any
 
 import click
 
-from device.cli import main
-from device.cli.common import emit_json, handle_errors, json_option
+from device.cli.common import emit_json, error_line, handle_errors, json_option, progress
 from device.errors import ImageError
 from device.imageio import IMAGE_SUFFIXES, iter_image_files, read_image
 
@@ -45,7 +44,7 @@ def _record(image: str, model: str, box: Any, vector: Any) -> dict[str, Any]:
     }
 
 
-@main.command("embed")
+@click.command("embed")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @json_option
 @click.option("--all", "all_faces", is_flag=True,
@@ -69,8 +68,6 @@ def embed(paths: tuple[Path, ...], as_json: bool, all_faces: bool, fallback_whol
     dot product. A bad image prints `error: <path>: reason` on stderr; the others are
     still processed and the exit status is 1 at the end.
     """
-    from tqdm import tqdm
-
     from device.vision.embed import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig, embed_faces
     from device.vision.stills import StillFaceFinder, StillFinderConfig
 
@@ -80,15 +77,15 @@ def embed(paths: tuple[Path, ...], as_json: bool, all_faces: bool, fallback_whol
     failed = len(errors)
     config = DlibTFLiteEmbedderConfig(num_threads=threads, flip_average=not no_flip)
     with StillFaceFinder.from_config(StillFinderConfig(num_threads=threads)) as finder, \
-            DlibTFLiteEmbedder(config, cache_dir=cache_dir) as embedder:
-        progress = tqdm(files, desc="embedding", unit="img", file=sys.stderr,
-                        disable=len(files) < 20 or None, mininterval=1.0)
-        for path in progress:
+            DlibTFLiteEmbedder(config, cache_dir=cache_dir) as embedder, \
+            progress(len(files), "embedding", as_json=as_json) as advance:
+        for path in files:
+            advance(1)
             try:
                 image = read_image(path)
             except ImageError as exc:
-                progress.clear()
-                click.echo(f"error: {exc}", err=True)
+                with advance.printing():
+                    click.echo(error_line(exc), err=True)
                 failed += 1
                 continue
             faces = embed_faces(image, finder, embedder, all_faces=all_faces,
@@ -100,14 +97,15 @@ def embed(paths: tuple[Path, ...], as_json: bool, all_faces: bool, fallback_whol
                     emit_json(_record(str(path), embedder.model_id, face.box,
                                       face.embedding.vector))
                 continue
-            if not faces:
-                click.echo(f"{path}: no face")
-            for face in faces:
-                box = ", ".join(f"{v:.1f}" for v in face.box)
-                head = ", ".join(f"{v:+.4f}" for v in face.embedding.vector[:4])
-                note = " (whole image: no face found)" if face.fallback else ""
-                click.echo(f"{path}: box [{box}]{note} embedding [{head}, ...] "
-                           f"({face.embedding.vector.size}-d, {embedder.model_id})")
+            with advance.printing():
+                if not faces:
+                    click.echo(f"{path}: no face")
+                for face in faces:
+                    box = ", ".join(f"{v:.1f}" for v in face.box)
+                    head = ", ".join(f"{v:+.4f}" for v in face.embedding.vector[:4])
+                    note = " (whole image: no face found)" if face.fallback else ""
+                    click.echo(f"{path}: box [{box}]{note} embedding [{head}, ...] "
+                               f"({face.embedding.vector.size}-d, {embedder.model_id})")
     if failed:
         logger.info("%d of %d inputs failed", failed, len(files) + len(errors))
         sys.exit(1)

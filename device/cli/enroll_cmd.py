@@ -18,7 +18,13 @@ from pathlib import Path
 import click
 
 from device.audit.log import AuditLog, default_audit_path
-from device.cli.common import emit_json, handle_errors, json_option
+from device.cli.common import (
+    announce_state_dir,
+    audit_log_option,
+    emit_json,
+    handle_errors,
+    json_option,
+)
 from device.cli.face_tools import (
     model_option,
     open_detector,
@@ -26,7 +32,7 @@ from device.cli.face_tools import (
     progress_bar,
     threads_option,
 )
-from device.cli.gallery_cmd import db_option, gallery_group, gallery_path
+from device.cli.gallery_cmd import db_option, gallery_path
 from device.enroll.enroll import (
     EnrollmentReport,
     IdentityReport,
@@ -78,10 +84,7 @@ def _identity_options(func: click.decorators.FC) -> click.decorators.FC:
                      help="Write the accepted photos and leave the rejected ones out, instead "
                           "of refusing the whole batch."),
         click.option("--dry-run", is_flag=True, help="Check every photo; write nothing."),
-        click.option("--audit-log", "audit_path", default=None,
-                     type=click.Path(dir_okay=False, path_type=Path),
-                     help="Audit log to record each enrolled identity in. [default: the "
-                          "state directory's audit.db, if it exists]"),
+        audit_log_option,
     )):
         func = option(func)
     return func
@@ -113,6 +116,7 @@ def run_batch(
     dry_run: bool,
     audit_path: Path | None,
     actor: str,
+    as_json: bool = False,
 ) -> EnrollmentReport:
     """Examine the photos, then write the batch (creating the gallery if needed).
 
@@ -128,7 +132,7 @@ def run_batch(
         with open_detector("short", threads) as detector, \
                 open_detector("full", threads) as refiner, \
                 open_embedder(model_id, threads) as embedder, \
-                progress_bar(photo_count(requests), "examining") as advance:
+                progress_bar(photo_count(requests), "examining", as_json=as_json) as advance:
             if store is not None and store.model_id != embedder.model_id:
                 raise EnrollmentError(f"gallery {path} holds {store.model_id!r} embeddings, "
                                       f"the embedder makes {embedder.model_id!r}")
@@ -147,6 +151,8 @@ def run_batch(
         else:
             created = False
         audit = None if dry_run else _audit(audit_path)
+        if not dry_run:
+            announce_state_dir(path, audit.path if audit is not None else None)
         try:
             return commit(store, requests, examined, skip_rejected=skip_rejected,
                           dry_run=dry_run, audit=audit, actor=actor)
@@ -196,7 +202,7 @@ def _output(report: EnrollmentReport, as_json: bool, db_path: Path | None) -> No
         sys.exit(1)
 
 
-@gallery_group.command("enroll")
+@click.command("enroll")
 @click.argument("photos", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--label", required=True, help="The person's display name.")
 @_identity_options
@@ -224,11 +230,11 @@ def enroll(photos: tuple[Path, ...], label: str, expires: str | None, consent_re
     request = IdentityRequest(identity, collect_paths(photos))
     report = run_batch([request], db_path=db_path, model_id=model_id, threads=threads,
                        skip_rejected=skip_rejected, dry_run=dry_run, audit_path=audit_path,
-                       actor=_actor(enrolled_by))
+                       actor=_actor(enrolled_by), as_json=as_json)
     _output(report, as_json, db_path)
 
 
-@gallery_group.command("enroll-dir")
+@click.command("enroll-dir")
 @click.argument("root", type=click.Path(file_okay=False, path_type=Path))
 @_identity_options
 @model_option
@@ -252,6 +258,6 @@ def enroll_dir(root: Path, expires: str | None, consent_ref: str | None,
         for label, paths in identity_folders(root)]
     report = run_batch(requests, db_path=db_path, model_id=model_id, threads=threads,
                        skip_rejected=skip_rejected, dry_run=dry_run, audit_path=audit_path,
-                       actor=_actor(enrolled_by))
+                       actor=_actor(enrolled_by), as_json=as_json)
     _output(report, as_json, db_path)
 

@@ -1,44 +1,31 @@
-"""``facegate eval``: accuracy on labelled photos. ``eval pairs`` here; others add verbs."""
+"""``facegate eval``: accuracy on labelled photos. The group and ``eval pairs``."""
 
 from __future__ import annotations
 
 import logging
 import math
-import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from device.cli import main
-from device.cli.common import emit_json, handle_errors, json_option
+from device.cli.common import emit_json, handle_errors, json_option, progress
 
 logger = logging.getLogger(__name__)
 
 
-def _eval_group() -> click.Group:
-    """The ``eval`` group; whichever verb module is imported first creates it."""
-    existing = main.commands.get("eval")
-    if isinstance(existing, click.Group):
-        return existing
-
-    @main.group("eval")
-    def eval_group() -> None:
-        """Accuracy evaluations on labelled data sets: printed figures, never pass/fail."""
-
-    return eval_group
+@click.group("eval")
+def eval_group() -> None:
+    """Accuracy evaluations on labelled data sets: printed figures, never pass/fail."""
 
 
-eval_group = _eval_group()
-
-
-def _progress(total: int, label: str) -> Any:
-    from tqdm import tqdm
-
-    def wrap(items: Iterable[str]) -> Iterable[str]:
-        return tqdm(items, total=total, desc=label, unit="img", file=sys.stderr,
-                    mininterval=2.0, dynamic_ncols=True)
+def _progress(total: int, label: str, as_json: bool) -> Any:
+    def wrap(items: Iterable[str]) -> Iterator[str]:
+        with progress(total, label, as_json=as_json) as advance:
+            for item in items:
+                yield item
+                advance(1)
 
     return wrap
 
@@ -163,7 +150,7 @@ def eval_pairs(
         if compare:
             systems.append(evaluation.FaceRecognitionSystem())
         embedded = evaluation.embed_images(
-            root, names, systems, progress=_progress(len(names), "embedding"),
+            root, names, systems, progress=_progress(len(names), "embedding", as_json),
         )
     rows: list[evaluation.Row] = []
     for result in embedded:

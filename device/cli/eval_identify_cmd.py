@@ -4,8 +4,6 @@ The protocol is :mod:`device.lab.openset`'s: the gallery holds the first image o
 each identity with two or more images; the other images are mated searches; images
 of identities never enrolled (those with a single image, plus ``--unenrolled-fraction``
 of the others) are non-mated searches. Embeddings stay in memory.
-
-The command joins the ``eval`` group (created here if no other module has made it).
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from pathlib import Path
 
 import click
 
-from device.cli import main
 from device.cli.common import emit_json, handle_errors, json_option
 from device.cli.face_tools import (
     model_option,
@@ -32,19 +29,6 @@ from device.lab.openset import (
     evaluate_open_set,
     list_tree,
 )
-
-
-def _eval_group() -> click.Group:
-    """The ``eval`` group, made here if no other verb module has registered it."""
-    group = main.commands.get("eval")
-    if isinstance(group, click.Group):
-        return group
-
-    @main.group("eval")
-    def eval_group() -> None:
-        """Accuracy evaluations on labelled data sets: printed figures, never pass/fail."""
-
-    return eval_group
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -70,7 +54,7 @@ def print_result(name: str, result: OpenSetResult) -> None:
         click.echo(f"  at the calibrated threshold {t:.4f}: FPIR {fpir:.2e}, FNIR {fnir:.4f}")
 
 
-@_eval_group().command("identify")
+@click.command("identify")
 @click.option("--root", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="One sub-folder of images per identity.")
 @click.option("--unenrolled-fraction", type=click.FloatRange(0.0, 1.0, max_open=True),
@@ -104,7 +88,7 @@ def eval_identify(root: Path, unenrolled_fraction: float, seed: int,
     rel, labels = list_tree(root, limit_identities)
     with open_finder(threads) as detector, \
             open_embedder(model_id, threads) as embedder, \
-            progress_bar(len(rel), "embedding", "image") as advance:
+            progress_bar(len(rel), "embedding", "image", as_json=as_json) as advance:
         embedded = embed_files(root, rel, labels, detector, embedder,
                                progress=lambda _p: advance(1))
     try:

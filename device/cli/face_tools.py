@@ -5,15 +5,14 @@ Not a verb module: it registers no command.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 import click
-from tqdm import tqdm
 
+from device.cli.common import progress
 from device.errors import ConfigError
 from device.gallery.calibration import CalibrationTable, MatchThreshold, find_table
 from device.gallery.calibration import resolve_threshold as _resolve
@@ -81,14 +80,11 @@ def load_threshold(model_id: str, target_fmr: float, allow_unsafe: bool
 
 
 @contextmanager
-def progress_bar(total: int, desc: str, unit: str = "photo") -> Iterator[Callable[[int], object]]:
-    """A tqdm bar on stderr (hidden when stderr is not a terminal); yields its ``update``."""
-    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, leave=False,
-               dynamic_ncols=True)
-    try:
-        yield bar.update
-    finally:
-        bar.close()
+def progress_bar(total: int, desc: str, unit: str = "photo", *, as_json: bool = False
+                 ) -> Iterator[Callable[[int], object]]:
+    """:func:`device.cli.common.progress`, yielding only its advance callable."""
+    with progress(total, desc, unit, as_json=as_json) as advance:
+        yield advance
 
 
 def fmr_text(fmr: float, upper_bound: bool) -> str:

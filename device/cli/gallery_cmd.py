@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import getpass
 import os
+import sys
 from pathlib import Path
 
 import click
 
 from device.audit import AuditLog, default_audit_path
-from device.cli import main
-from device.cli.common import emit_json, handle_errors, json_option
+from device.cli.common import (
+    STATE_DIR_HELP,
+    announce_state_dir,
+    audit_log_option,
+    emit_json,
+    handle_errors,
+    json_option,
+)
 from device.errors import GalleryError
 from device.events.config import OUTBOX_FILENAME
 from device.events.outbox import Outbox
@@ -30,7 +37,7 @@ db_option = click.option(
     "db_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help=f"Gallery database file. [default: <state dir>/{GALLERY_FILE}]",
+    help=f"Gallery database file. [default: <state dir>/{GALLERY_FILE}; {STATE_DIR_HELP}]",
 )
 
 
@@ -44,7 +51,7 @@ def _date(ts: float | None) -> str:
     return "-" if text is None else text[:19].replace("T", " ")
 
 
-@main.group("gallery")
+@click.group("gallery")
 def gallery_group() -> None:
     """The local gallery of enrolled identities."""
 
@@ -100,16 +107,35 @@ def _show_text(ident: Identity) -> None:
             click.echo(f"{name:<13} {'-' if value is None else value}")
 
 
+def _by_id_or_label(store: GalleryStore, key: str) -> Identity:
+    """The identity with id ``key``, else the only one labelled ``key``.
+
+    Raises:
+        GalleryError: Neither, or several identities carry that label (their ids listed).
+    """
+    try:
+        return store.get(key)
+    except GalleryError:
+        named = store.find_by_label(key)
+        if len(named) == 1:
+            return named[0]
+        if named:
+            raise GalleryError(f"{len(named)} identities are labelled {key!r}; give an id: "
+                               + ", ".join(i.id for i in named)) from None
+        raise GalleryError(f"no identity {key!r} in gallery {store.path}: neither an id nor "
+                           "a label (`facegate gallery list` shows both)") from None
+
+
 @gallery_group.command("show")
-@click.argument("identity_id")
+@click.argument("identity", metavar="ID_OR_LABEL")
 @db_option
 @json_option
 @handle_errors
-def show(identity_id: str, db_path: Path | None, as_json: bool) -> None:
-    """One identity and its faces (never the embeddings)."""
+def show(identity: str, db_path: Path | None, as_json: bool) -> None:
+    """One identity and its faces (never the embeddings), by id or by a unique label."""
     with GalleryStore(gallery_path(db_path)) as store:
-        ident = store.get(identity_id)
-        faces = store.faces(identity_id)
+        ident = _by_id_or_label(store, identity)
+        faces = store.faces(ident.id)
     if as_json:
         emit_json({**ident.to_json(), "faces": [f.to_json() for f in faces]})
         return
@@ -145,6 +171,15 @@ def _erasure_paths(config_path: Path | None, db_path: Path | None, outbox_path: 
     return gallery_path(db_path), outbox_path, audit_path
 
 
+def _confirmed(question: str) -> bool:
+    """Ask on the terminal; no answer (no terminal, end of input, ^C) is a no."""
+    try:
+        return click.confirm(question, default=False, err=True)
+    except click.Abort:
+        click.echo("", err=True)
+        return False
+
+
 @gallery_group.command("delete")
 @click.argument("identity_id")
 @click.option("--erase", is_flag=True,
@@ -159,10 +194,7 @@ def _erasure_paths(config_path: Path | None, db_path: Path | None, outbox_path: 
               type=click.Path(dir_okay=False, path_type=Path),
               help="Outbox to erase the identity's pending events from. [default: the "
                    "config's, else the state directory's outbox.sqlite3 if it exists]")
-@click.option("--audit-log", "audit_path", default=None,
-              type=click.Path(dir_okay=False, path_type=Path),
-              help="Audit log to record the deletion in. [default: the config's, else the "
-                   "state directory's audit.db if it exists]")
+@audit_log_option
 @db_option
 @json_option
 @handle_errors
@@ -182,12 +214,13 @@ def delete(identity_id: str, erase: bool, yes: bool, config_path: Path | None,
                                                    audit_path)
     with GalleryStore(path) as store:
         ident = store.get(identity_id)
-        if not yes:
-            click.confirm(
+        if not yes and not _confirmed(
                 f"Delete {ident.id} ({ident.label}) and its {ident.face_count} faces"
-                f"{' and erase them from the file and the outbox' if erase else ''}?",
-                abort=True, err=True,
-            )
+                f"{' and erase them from the file and the outbox' if erase else ''}?"):
+            click.echo("not deleted: not confirmed (-y/--yes confirms without asking)",
+                       err=True)
+            sys.exit(1)
+        announce_state_dir(path, outbox_file, audit_file)
         report = store.delete_identity(identity_id, erase=erase)
         version = store.metadata().version
     erased: int | None = None
@@ -247,6 +280,7 @@ def import_file(file: Path, db_path: Path | None, as_json: bool) -> None:
     A gallery that does not exist yet is created for the export's model.
     """
     path = gallery_path(db_path)
+    announce_state_dir(path)
     created = not path.exists()
     if created:
         header = read_export(file).header  # refuse a bad file before creating anything

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import click
 
-from device.cli import main
-from device.cli.common import emit_json, handle_errors, json_option
+from device.cli.common import emit_json, error_line, handle_errors, json_option, progress
 from device.cli.face_tools import (
     fmr_text,
     load_threshold,
@@ -45,7 +44,7 @@ def _print(path: Path, faces: list[FaceIdentification]) -> None:
                        f"{c.similarity:.4f}  FMR {fmr_text(c.fmr, c.fmr_upper_bound)}")
 
 
-@main.command("identify")
+@click.command("identify")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top", "-k", "top", type=click.IntRange(1, 100), default=5, show_default=True,
               help="Candidates per face.")
@@ -82,23 +81,27 @@ def identify(images: tuple[Path, ...], top: int, largest: bool, target_fmr: floa
                            f"{'UNSAFE, ' if threshold.unsafe else ''}table {table_path.name}); "
                            f"expected false-positive identification rate "
                            f"{loaded.expected_fpir:.1e}")
-            for image_path in images:
-                try:
-                    image = read_image(image_path)
-                except ImageError as exc:
-                    click.echo(f"error: {exc}", err=True)
-                    failed = True
-                    continue
-                faces = identify_image(image, detector, embedder, searcher, k=top,
-                                       all_faces=not largest)
-                if as_json:
-                    emit_json({
-                        "image": str(image_path), "gallery": str(path),
-                        "gallery_revision": loaded.revision, "threshold": threshold.to_json(),
-                        "expected_fpir": loaded.expected_fpir,
-                        "faces": [f.to_json() for f in faces],
-                    })
-                else:
-                    _print(image_path, faces)
+            with progress(len(images), "identifying", as_json=as_json) as advance:
+                for image_path in images:
+                    advance(1)
+                    try:
+                        image = read_image(image_path)
+                    except ImageError as exc:
+                        with advance.printing():
+                            click.echo(error_line(exc), err=True)
+                        failed = True
+                        continue
+                    faces = identify_image(image, detector, embedder, searcher, k=top,
+                                           all_faces=not largest)
+                    if as_json:
+                        emit_json({
+                            "image": str(image_path), "gallery": str(path),
+                            "gallery_revision": loaded.revision, "threshold": threshold.to_json(),
+                            "expected_fpir": loaded.expected_fpir,
+                            "faces": [f.to_json() for f in faces],
+                        })
+                    else:
+                        with advance.printing():
+                            _print(image_path, faces)
     if failed:
         raise SystemExit(1)

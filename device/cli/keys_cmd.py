@@ -10,12 +10,11 @@ from pathlib import Path
 
 import click
 
-from device.cli import main
 from device.cli.common import emit_json, handle_errors, json_option
 from device.sync.keys import generate_key, key_id, load_any_public
 
 
-@main.group("keys")
+@click.group("keys")
 def keys_group() -> None:
     """Keys that sign gallery bundles."""
 

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import click
 
-from device.cli import main
 from device.cli.common import emit_json, handle_errors, json_option
 from device.errors import ModelError
 from device.vision import models as model_manifest
 
 
-@main.group("models")
+@click.group("models")
 def models_group() -> None:
     """List, verify and build the models facegate runs."""
 

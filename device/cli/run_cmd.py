@@ -6,16 +6,16 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 
-from device.cli import main
-from device.cli.common import emit_json, handle_errors, json_option
+from device.cli.common import STATE_DIR_HELP, emit_json, handle_errors, json_option
 from device.paths import default_state_dir
-from device.service.config import HEALTH_FILENAME, load_config
+from device.service.config import HEALTH_FILENAME, FacegateConfig, load_config
 
 
-@main.command("run")
+@click.command("run")
 @click.option("--config", "config_path", required=True,
               type=click.Path(dir_okay=False, path_type=Path),
               help="The unit's TOML configuration (see provisioning/config.example.toml).")
@@ -50,14 +50,41 @@ def run_command(config_path: Path, check: bool) -> None:
     signal.signal(signal.SIGINT, on_signal)
     with service:
         reason = service.run()
+        dropped = drop_report(config, service.health()["pipeline"])
     click.echo(f"stopped: {reason}", err=True)
+    for line in dropped:
+        click.echo(line, err=True)
     if reason.startswith(("error", "every camera stopped")):
         sys.exit(1)
 
 
-@main.command("status")
+#: Camera types that replay recorded frames: no frame needs to be lost.
+REPLAY_TYPES = frozenset({"video", "image"})
+
+
+def drop_report(config: FacegateConfig, pipeline: dict[str, Any]) -> list[str]:
+    """What ``run`` says at the end about frames the full queue discarded (nothing if none).
+
+    A replayed file loses frames only because of ``drop_oldest``: the hint names
+    ``queue_policy = "block"``, which waits for the worker instead.
+    """
+    dropped, offered = int(pipeline.get("frames_dropped", 0)), int(pipeline.get("frames_in", 0))
+    if dropped == 0:
+        return []
+    lines = [f"frames dropped {dropped} of {offered} (queue full, "
+             f"queue_policy = \"{config.pipeline.queue_policy}\")"]
+    replays = [c.camera_id for c in config.cameras if c.type in REPLAY_TYPES]
+    if replays and config.pipeline.queue_policy == "drop_oldest":
+        lines.append(f"hint: {', '.join(replays)} replay{'s' if len(replays) == 1 else ''} "
+                     "a file; set queue_policy = \"block\" in [pipeline] to process "
+                     "every frame")
+    return lines
+
+
+@click.command("status")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="The unit's configuration (to find its health file).")
+              help="The unit's configuration (to find its health file). [default: "
+                   f"<state dir>/{HEALTH_FILENAME}; {STATE_DIR_HELP}]")
 @click.option("--file", "health_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Read this health file instead.")
 @json_option

@@ -11,6 +11,7 @@ refused (the reason is printed), 2 on any other error.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -18,10 +19,17 @@ from pathlib import Path
 import click
 
 from device.audit import AuditLog
-from device.cli import main
-from device.cli.common import emit_json, handle_errors, json_option
+from device.cli.common import (
+    STATE_DIR_HELP,
+    announce_state_dir,
+    audit_log_option,
+    emit_json,
+    handle_errors,
+    json_option,
+    reported_here,
+)
 from device.cli.gallery_cmd import GALLERY_FILE, gallery_path
-from device.errors import SyncError
+from device.errors import ModelError, SyncError
 from device.events.config import read_secret
 from device.sync.apply import GallerySync, SyncPolicy, read_status
 from device.sync.bundle import DEFAULT_CHUNK_SIZE, build_bundle, sign_bundle
@@ -29,6 +37,8 @@ from device.sync.keys import TrustedKeys, load_private_key
 from device.sync.layout import GalleryLayout
 from device.sync.mqtt import BrokerLogin, publish_bundle
 from device.sync.state import GalleryState
+from device.vision.embed import DLIB_MODEL_ID
+from device.vision.models import embedding_dim, get_spec
 
 DEFAULT_TRUSTED_KEYS = Path("/etc/facegate/credentials/trusted-keys")
 EXIT_ERROR = 2
@@ -36,10 +46,11 @@ EXIT_REFUSED = 3
 
 db_option = click.option(
     "--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    help=f"The unit's gallery. [default: <state dir>/{GALLERY_FILE}]")
+    help=f"The unit's gallery. [default: <state dir>/{GALLERY_FILE}; "
+         f"{STATE_DIR_HELP}]")
 
 
-@main.group("sync")
+@click.group("sync")
 def sync_group() -> None:
     """Signed, versioned gallery bundles."""
 
@@ -133,31 +144,57 @@ def publish(directory: Path, broker: str, unit: str | None, username: str | None
 
 @sync_group.command("apply")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--config", "config_path", default=None,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The unit's configuration: its gallery, audit log and embedder.")
 @db_option
 @click.option("--trusted-keys", type=click.Path(path_type=Path), default=DEFAULT_TRUSTED_KEYS,
               show_default=True, help="Directory of trusted public keys.")
 @click.option("--threshold", type=click.IntRange(min=1), default=1, show_default=True,
               help="Distinct trusted keys that must have signed.")
-@click.option("--unit-id", default=None, help="This unit's id (for bundles naming units).")
+@click.option("--unit-id", default=None,
+              help="This unit's id (for bundles naming units). [default: the config's]")
 @click.option("--model-id", default=None,
-              help="The model the unit runs [default: the live gallery's].")
+              help="The model the unit runs [default: the config's embedder, else the live "
+                   "gallery's, else the default embedder's].")
 @click.option("--dim", type=click.IntRange(min=1), default=None,
-              help="Its embedding dimension [default: the live gallery's].")
-@click.option("--audit", "audit_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Record the outcome in this audit log.")
+              help="Its embedding dimension [default: the model's, from the manifest].")
+@audit_log_option
 @json_option
 @handle_errors
-def apply(directory: Path, db_path: Path | None, trusted_keys: Path, threshold: int,
-          unit_id: str | None, model_id: str | None, dim: int | None,
+def apply(directory: Path, config_path: Path | None, db_path: Path | None, trusted_keys: Path,
+          threshold: int, unit_id: str | None, model_id: str | None, dim: int | None,
           audit_path: Path | None, as_json: bool) -> None:
-    """Verify and apply a bundle directory (offline delivery, e.g. a USB stick)."""
+    """Verify and apply a bundle directory (offline delivery, e.g. a USB stick).
+
+    A bundle for a model other than the unit's is refused. The unit's model is the
+    embedder of --config (or the live gallery's, or the default embedder's on a unit
+    with no gallery yet); its dimension comes from the model manifest.
+    """
+    path = db_path
+    if config_path is not None:
+        from device.service.config import load_config  # the service's models: only here
+
+        config, _ = load_config(config_path)
+        path = path or config.gallery_path
+        audit_path = audit_path or config.audit_path
+        unit_id = unit_id or config.unit_id
+        model_id = model_id or config.embedder.model
+    path = gallery_path(path)
+    announce_state_dir(path)
+    if model_id is None and GalleryLayout(path).live_target() is None:
+        model_id = DLIB_MODEL_ID  # the embedder `facegate run` uses by default
+    if model_id is not None and dim is None:
+        # A model the manifest does not describe: the live gallery's dim, or --dim.
+        with contextlib.suppress(ModelError):
+            dim = embedding_dim(get_spec(model_id))
     policy = SyncPolicy(unit_id=unit_id, model_id=model_id, dim=dim, threshold=threshold)
     audit = AuditLog(audit_path) if audit_path is not None else None
     try:
-        sync = GallerySync(gallery_path(db_path), TrustedKeys.load(trusted_keys), policy,
-                           audit=audit)
+        sync = GallerySync(path, TrustedKeys.load(trusted_keys), policy, audit=audit)
         sync.recover()
-        result = sync.apply_dir(directory)
+        with reported_here("device.sync.apply"):
+            result = sync.apply_dir(directory)
     finally:
         if audit is not None:
             audit.close()
@@ -166,8 +203,8 @@ def apply(directory: Path, db_path: Path | None, trusted_keys: Path, threshold: 
     elif result.ok:
         word = "applied" if result.outcome == "ok" else "already live:"
         click.echo(f"{word} version {result.version} ({result.state.identities} identities)")
-    else:
-        click.echo(f"error: {result.message}", err=True)
+    else:  # the message starts with its outcome: "refused (…): …" or "error (…): …"
+        click.echo(result.message, err=True)
     if result.outcome == "refused":
         sys.exit(EXIT_REFUSED)
     if result.outcome == "error":

@@ -106,9 +106,11 @@ class PhotoResult:
         reasons: Why it is rejected (empty when accepted).
         detail: What was measured, for people (e.g. ``sharpness 0.041 < 0.08``).
         image_sha256: sha256 of the file's bytes (``None`` if it could not be read).
-        faces: Faces detected (0 when unreadable).
+        faces: Faces detected with at least the enrolment confidence floor (a
+            low-confidence candidate is not counted: it is the ``no_face`` case).
         quality: Overall quality score of the enrolled face (``None`` if none).
         padded: Whether the photo was padded before detection.
+        detections: Every candidate the detector returned, whatever its confidence.
     """
 
     path: Path
@@ -118,6 +120,7 @@ class PhotoResult:
     faces: int = 0
     quality: float | None = None
     padded: bool = False
+    detections: int = 0
 
     @property
     def accepted(self) -> bool:
@@ -129,7 +132,7 @@ class PhotoResult:
             "path": str(self.path), "accepted": self.accepted, "reasons": list(self.reasons),
             "detail": self.detail, "image_sha256": self.image_sha256, "faces": self.faces,
             "quality": None if self.quality is None else round(self.quality, 4),
-            "padded": self.padded,
+            "padded": self.padded, "detections": self.detections,
         }
 
 
@@ -348,25 +351,27 @@ def examine_photo(
         data = path.read_bytes()
     except OSError as exc:
         what = "no such file" if isinstance(exc, FileNotFoundError) else (exc.strerror or exc)
-        return PhotoResult(path, (UNREADABLE,), f"unreadable: {path}: {what}"), None
+        return PhotoResult(path, (UNREADABLE,), str(what)), None
     sha = sha256_bytes(data)
     try:
         image = read_image(path)
     except ImageError as exc:
-        return PhotoResult(path, (UNREADABLE,), f"unreadable: {exc}", sha), None
+        return PhotoResult(path, (UNREADABLE,), str(exc), sha), None
     frame, found, padded = detect_for_enrollment(image, detector, cfg)
     verdict = assess_enrollment(frame, found, cfg.quality)
     best = _best_score(found)
+    confident = sum(d.score >= cfg.quality.min_score for d in found)
     if found and best < cfg.quality.min_score:
         # Nothing the detector is confident about is a face, for enrollment: a dog
         # scores 0.6 on short-range BlazeFace.
         return PhotoResult(
             path, (str(QualityReason.NO_FACE),),
             f"no face with confidence >= {cfg.quality.min_score:g} "
-            f"(best candidate {best:.2f})", sha, len(found), None, padded), None
+            f"(best candidate {best:.2f})", sha, confident, None, padded, len(found)), None
     if not verdict.accepted or verdict.face is None or verdict.report is None:
         return PhotoResult(path, tuple(str(r) for r in verdict.reasons),
-                           _detail(verdict, cfg.quality), sha, len(found), None, padded), None
+                           _detail(verdict, cfg.quality), sha, confident, None, padded,
+                           len(found)), None
     face = verdict.face
     if refiner is not None:
         face = refine_detection(frame, face, refiner)
@@ -374,10 +379,10 @@ def examine_photo(
         chip = align(frame, face, embedder.template)
     except ValueError as exc:
         return PhotoResult(path, (UNALIGNABLE,), f"cannot align the face: {exc}", sha,
-                           len(found), None, padded), None
+                           confident, None, padded, len(found)), None
     embedding = embedder.embed([chip])[0]
     quality = float(verdict.report.score)
-    return (PhotoResult(path, (), "", sha, len(found), quality, padded),
+    return (PhotoResult(path, (), "", sha, confident, quality, padded, len(found)),
             NewFace(embedding=embedding, quality=quality, image_sha256=sha))
 
 

@@ -119,6 +119,20 @@ def get_spec(model_id: str, manifest: dict[str, ModelSpec] | None = None) -> Mod
         ) from None
 
 
+def embedding_dim(spec: ModelSpec) -> int:
+    """The length of the embeddings an embedder makes: its entry's ``output.dim``.
+
+    Raises:
+        ModelError: The entry is not an embedder or declares no positive ``output.dim``.
+    """
+    output = spec.extra.get("output")
+    dim = output.get("dim") if isinstance(output, dict) else None
+    if spec.kind != "embedder" or not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        raise ModelError(f"model {spec.id!r}: the manifest declares no embedding dimension "
+                         "(output = { dim = N }) for it")
+    return dim
+
+
 def default_cache_dir() -> Path:
     """Where built and downloaded models live.
 

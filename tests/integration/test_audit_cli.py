@@ -58,10 +58,10 @@ def assert_tampered(result: Result, seq: int) -> None:
 
 def test_intact_log_exits_zero(chain: tuple[Path, list[str]]) -> None:
     path, hashes = chain
-    result = run("verify", "--db", str(path))
+    result = run("verify", "--audit-log", str(path))
     assert result.exit_code == 0, result.output
     assert f"head {CHAIN_LEN}:{hashes[-1]}" in result.output
-    as_json = run("verify", "--db", str(path), "--json")
+    as_json = run("verify", "--audit-log", str(path), "--json")
     doc = json.loads(as_json.output)
     assert doc["ok"] is True and doc["records"] == CHAIN_LEN and doc["first_bad_seq"] is None
 
@@ -73,8 +73,8 @@ def test_one_edited_byte_in_any_column_of_any_record(
     for column in COLUMNS:
         path = copy_of(template[0], tmp_path, f"{column}.db")
         edit_byte(path, seq, column, index=seq + 5 * len(column))
-        assert_tampered(run("verify", "--db", str(path)), seq)
-        doc = json.loads(run("verify", "--db", str(path), "--json").output)
+        assert_tampered(run("verify", "--audit-log", str(path)), seq)
+        doc = json.loads(run("verify", "--audit-log", str(path), "--json").output)
         assert doc["ok"] is False and doc["first_bad_seq"] == seq
 
 
@@ -82,7 +82,7 @@ def test_one_edited_byte_in_any_column_of_any_record(
 def test_deleted_record_first_middle_last(chain: tuple[Path, list[str]], seq: int) -> None:
     path, _ = chain
     delete_record(path, seq)
-    assert_tampered(run("verify", "--db", str(path)), seq)
+    assert_tampered(run("verify", "--audit-log", str(path)), seq)
 
 
 def test_deleted_last_record_with_edited_head_is_caught_by_expect_head(
@@ -91,8 +91,8 @@ def test_deleted_last_record_with_edited_head_is_caught_by_expect_head(
     path, hashes = chain
     delete_record(path, CHAIN_LEN)
     set_meta_head(path, CHAIN_LEN - 1, hashes[CHAIN_LEN - 2])
-    assert run("verify", "--db", str(path)).exit_code == 0  # the honest limit
-    result = run("verify", "--db", str(path), "--expect-head", f"{CHAIN_LEN}:{hashes[-1]}")
+    assert run("verify", "--audit-log", str(path)).exit_code == 0  # the honest limit
+    result = run("verify", "--audit-log", str(path), "--expect-head", f"{CHAIN_LEN}:{hashes[-1]}")
     assert_tampered(result, CHAIN_LEN)
 
 
@@ -100,7 +100,7 @@ def test_deleted_last_record_with_edited_head_is_caught_by_expect_head(
 def test_inserted_forged_record_is_named(chain: tuple[Path, list[str]], at: int) -> None:
     path, _ = chain
     insert_forged(path, at, chain_prev=False)
-    assert_tampered(run("verify", "--db", str(path)), at)
+    assert_tampered(run("verify", "--audit-log", str(path)), at)
 
 
 def test_inserted_record_chained_to_its_predecessor_is_named(
@@ -108,7 +108,7 @@ def test_inserted_record_chained_to_its_predecessor_is_named(
 ) -> None:
     path, _ = chain
     insert_forged(path, 12, chain_prev=True)
-    result = run("verify", "--db", str(path))
+    result = run("verify", "--audit-log", str(path))
     assert_tampered(result, 12)
     assert "inserted" in result.output
 
@@ -118,10 +118,10 @@ def test_fully_rewritten_suffix_is_caught_only_with_expect_head(
 ) -> None:
     path, hashes = chain
     insert_forged(path, 6, chain_prev=True, rehash_suffix=True, update_head=True)
-    assert run("verify", "--db", str(path)).exit_code == 0  # the honest limit
-    result = run("verify", "--db", str(path), "--expect-head", f"{CHAIN_LEN}:{hashes[-1]}")
+    assert run("verify", "--audit-log", str(path)).exit_code == 0  # the honest limit
+    result = run("verify", "--audit-log", str(path), "--expect-head", f"{CHAIN_LEN}:{hashes[-1]}")
     assert_tampered(result, CHAIN_LEN)
-    narrowed = run("verify", "--db", str(path), "--expect-head", f"3:{hashes[2]}",
+    narrowed = run("verify", "--audit-log", str(path), "--expect-head", f"3:{hashes[2]}",
                    "--expect-head", f"8:{hashes[7]}")
     assert_tampered(narrowed, 8)
     assert "after record 3" in narrowed.output
@@ -131,18 +131,18 @@ def test_fully_rewritten_suffix_is_caught_only_with_expect_head(
 def test_swapped_records_are_named(chain: tuple[Path, list[str]], a: int, b: int) -> None:
     path, _ = chain
     swap_contents(path, a, b)
-    assert_tampered(run("verify", "--db", str(path)), a)
+    assert_tampered(run("verify", "--audit-log", str(path)), a)
 
 
 def test_errors_exit_two(tmp_path: Path, chain: tuple[Path, list[str]]) -> None:
-    missing = run("verify", "--db", str(tmp_path / "nope.db"))
+    missing = run("verify", "--audit-log", str(tmp_path / "nope.db"))
     assert missing.exit_code == 2 and "does not exist" in missing.output
-    bad_head = run("verify", "--db", str(chain[0]), "--expect-head", "12:xyz")
+    bad_head = run("verify", "--audit-log", str(chain[0]), "--expect-head", "12:xyz")
     assert bad_head.exit_code == 2 and "SEQ:HASH" in bad_head.output
-    both = run("verify", "--db", str(chain[0]), "--jsonl", str(tmp_path / "x"))
+    both = run("verify", "--audit-log", str(chain[0]), "--jsonl", str(tmp_path / "x"))
     assert both.exit_code == 2
-    assert run("show", "--db", str(tmp_path / "nope.db")).exit_code == 2
-    assert run("export", "--db", str(chain[0]), "--since", "yesterday").exit_code == 2
+    assert run("show", "--audit-log", str(tmp_path / "nope.db")).exit_code == 2
+    assert run("export", "--audit-log", str(chain[0]), "--since", "yesterday").exit_code == 2
 
 
 def test_default_path_is_in_the_state_directory(
@@ -156,7 +156,7 @@ def test_default_path_is_in_the_state_directory(
 def test_export_then_verify_offline(chain: tuple[Path, list[str]], tmp_path: Path) -> None:
     path, hashes = chain
     out = tmp_path / "export.jsonl"
-    result = run("export", "--db", str(path), "-o", str(out))
+    result = run("export", "--audit-log", str(path), "-o", str(out))
     assert result.exit_code == 0, result.output
     assert out.stat().st_mode & 0o777 == 0o600
     lines = out.read_text(encoding="utf-8").splitlines()
@@ -166,7 +166,7 @@ def test_export_then_verify_offline(chain: tuple[Path, list[str]], tmp_path: Pat
     ok = run("verify", "--jsonl", str(out), "--expect-head", f"{CHAIN_LEN}:{hashes[-1]}")
     assert ok.exit_code == 0, ok.output
     # stdout export is the same bytes
-    assert run("export", "--db", str(path)).stdout.splitlines() == lines
+    assert run("export", "--audit-log", str(path)).stdout.splitlines() == lines
     # tamper with the file: change one identity in record 9
     record = json.loads(lines[8])
     record["payload"]["identity_id"] = "mallory"
@@ -183,7 +183,7 @@ def test_export_since_is_partial(chain: tuple[Path, list[str]], tmp_path: Path) 
     path, _ = chain
     out = tmp_path / "since.jsonl"
     since = (T0 + timedelta(minutes=15, seconds=30)).isoformat()
-    assert run("export", "--db", str(path), "--since", since, "-o", str(out)).exit_code == 0
+    assert run("export", "--audit-log", str(path), "--since", since, "-o", str(out)).exit_code == 0
     seqs = [json.loads(line)["seq"] for line in out.read_text().splitlines()]
     assert seqs == list(range(15, CHAIN_LEN + 1))
     assert run("verify", "--jsonl", str(out)).exit_code == 1
@@ -193,10 +193,10 @@ def test_export_since_is_partial(chain: tuple[Path, list[str]], tmp_path: Path) 
 
 def test_show(chain: tuple[Path, list[str]]) -> None:
     path, _ = chain
-    text = run("show", "--db", str(path), "--last", "3")
+    text = run("show", "--audit-log", str(path), "--last", "3")
     assert text.exit_code == 0
     assert [line.split()[0] for line in text.output.splitlines()] == ["18", "19", "20"]
-    doc = json.loads(run("show", "--db", str(path), "--last", "2", "--json").output)
+    doc = json.loads(run("show", "--audit-log", str(path), "--last", "2", "--json").output)
     assert [r["seq"] for r in doc] == [19, 20] and doc[1]["kind"] == "service_stop"
 
 
@@ -205,10 +205,10 @@ def test_console_script_exit_codes(chain: tuple[Path, list[str]]) -> None:
     exe = Path(sys.executable).with_name("facegate")
     if not exe.exists():
         pytest.skip("console script not installed (pip install -e .)")
-    assert subprocess.run([exe, "audit", "verify", "--db", path], capture_output=True,
+    assert subprocess.run([exe, "audit", "verify", "--audit-log", path], capture_output=True,
                           check=False).returncode == 0
     edit_byte(path, 4, "actor")
-    proc = subprocess.run([exe, "audit", "verify", "--db", path], capture_output=True,
+    proc = subprocess.run([exe, "audit", "verify", "--audit-log", path], capture_output=True,
                           text=True, check=False)
     assert proc.returncode == 1 and "record 4" in proc.stdout
 
@@ -252,7 +252,7 @@ def test_sigkill_mid_append_loop_leaves_a_log_that_verifies(tmp_path: Path, seed
     result = verify(path)
     assert result.ok, result.reason
     assert result.head_seq >= kill_after  # every acknowledged append survived
-    run_ok = run("verify", "--db", str(path))
+    run_ok = run("verify", "--audit-log", str(path))
     assert run_ok.exit_code == 0, run_ok.output
     with AuditLog(path, clock=StepClock()) as log:  # and the writer can carry on
         assert log.record_service_start("0.1.0").seq == result.head_seq + 1

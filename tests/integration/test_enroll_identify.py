@@ -241,3 +241,21 @@ def test_cli_calibrate_pairs(datasets: Path, tmp_path: Path,
     assert doc["impostors"] == 25 and doc["genuine"] == 15 and doc["written"] is None
     rows = {r["target_fmr"]: r for r in doc["summary"]}
     assert all(rows[f]["threshold"] is None for f in (1e-2, 1e-3, 1e-4, 1e-5))
+
+
+def test_cli_rejections_say_each_thing_once(datasets: Path, tmp_path: Path) -> None:
+    """A missing file reads ``unreadable: no such file`` (not ``unreadable: unreadable: …``),
+    and a dog's low-confidence candidate is a detection, not a face."""
+    dogs, missing = datasets / "boxes" / "dogs.jpg", tmp_path / "nothere.jpg"
+    db = str(tmp_path / "cli.db")
+    args = ("gallery", "enroll", "--db", db, "--label", "Dog", "--dry-run", "--threads", "1",
+            str(dogs), str(missing))
+    code, out = _run(*args)
+    assert code == 1, out
+    assert f"rejected  {missing}  unreadable: no such file\n" in out
+    assert out.count("unreadable") == 1
+    code, out = _run(*args, "--json")
+    photos = {Path(p["path"]).name: p for p in json.loads(out)["identities"][0]["photos"]}
+    assert photos["dogs.jpg"]["reasons"] == ["no_face"]
+    assert photos["dogs.jpg"]["faces"] == 0 and photos["dogs.jpg"]["detections"] >= 1
+    assert photos["nothere.jpg"]["detail"] == "no such file"

@@ -198,3 +198,47 @@ def test_default_gallery_lives_in_the_state_directory(tmp_path: Path) -> None:
     res = run("list", "--json", env={"STATE_DIRECTORY": str(state)})
     assert res.exit_code == 0, res.stdout
     assert [r["label"] for r in json.loads(res.stdout)] == ["Default Path"]
+
+
+def test_show_takes_a_unique_label_and_lists_the_ids_of_a_shared_one(
+        seeded: tuple[Path, dict[str, tuple[str, list[bytes]]]]) -> None:
+    db, people = seeded
+    ident, _ = people["Grace Hopper"]
+    by_label = json.loads(run("show", "Grace Hopper", "--db", str(db), "--json").stdout)
+    assert by_label["id"] == ident
+    with GalleryStore(db) as store:  # a second "Grace Hopper" (e.g. from an import)
+        twin, _ = enroll(store, FaceMaker(seed=99), "Grace Hopper", n=1)
+    res = run("show", "Grace Hopper", "--db", str(db))
+    assert res.exit_code == 2
+    assert "2 identities are labelled 'Grace Hopper'; give an id" in res.stderr
+    assert ident in res.stderr and twin in res.stderr
+
+
+def test_delete_without_a_terminal_says_that_yes_confirms(
+        seeded: tuple[Path, dict[str, tuple[str, list[bytes]]]]) -> None:
+    """No answer (no terminal, end of input) deletes nothing and names -y."""
+    db, people = seeded
+    ident, gone = people["Ada Lovelace"]
+    res = run("delete", ident, "--erase", "--db", str(db))  # stdin: empty
+    assert res.exit_code == 1
+    assert "Aborted!" not in res.stderr
+    assert "not confirmed (-y/--yes confirms without asking)" in res.stderr
+    assert all(where(raw_files(db), b) for b in gone)
+
+
+def test_commands_writing_to_the_state_directory_say_where_it_is(
+        seeded: tuple[Path, dict[str, tuple[str, list[bytes]]]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    db, people = seeded
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.setenv("STATE_DIRECTORY", str(state))
+    (state / "gallery.db").write_bytes(db.read_bytes())
+    ident, _ = people["Ada Lovelace"]
+    res = run("delete", ident, "--yes")
+    assert res.exit_code == 0, res.output
+    assert f"facegate: state directory {state}\n" in res.stderr
+    explicit = run("delete", people["Grace Hopper"][0], "--yes", "--db", str(db))
+    assert "state directory" not in explicit.stderr  # nothing written there
+    help_text = run("delete", "--help").stdout
+    assert "$STATE_DIRECTORY" in help_text and "~/.local/state/facegate" in help_text

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from device.cli import main
 from device.ops.localbroker import LocalBroker
+from device.vision.embed import DLIB_MODEL_ID
 from tests.gallery_helpers import DIM, MODEL
 from tests.integration.sync_support import World
 
@@ -75,7 +79,7 @@ def test_build_sign_apply_status(tmp_path: Path) -> None:
                  "--delta-from", str(bundles / "v1"), "--json"))
     assert (v2["kind"], v2["base_version"], v2["added"], v2["removed"]) == ("delta", 1, 1, 1)
     audit = tmp_path / "audit.db"
-    text = run("sync", "apply", str(bundles / "v2"), *common, "--audit", str(audit))
+    text = run("sync", "apply", str(bundles / "v2"), *common, "--audit-log", str(audit))
     assert text.exit_code == 0 and "applied version 2" in text.stdout, text.output
     old = run("sync", "apply", str(bundles / "v1"), *common, "--json")
     assert old.exit_code == 3 and json.loads(old.stdout)["reason"] == "rollback"
@@ -120,3 +124,72 @@ def test_publish_retains_chunks_and_manifest(tmp_path: Path, broker: LocalBroker
     payload = b"".join(got[f"facegate/fleet/gallery/v1/chunk/{i}"]
                        for i in range(built["chunks"]))
     assert payload == (bundle / "payload").read_bytes()
+
+
+def _facegate(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed console entry point, in a fresh process, with its own state directory."""
+    env = {**os.environ, "STATE_DIRECTORY": str(state)}
+    return subprocess.run([sys.executable, "-c", "from device.cli import main; main()", *args],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+def test_first_apply_on_a_new_unit_takes_the_model_from_the_unit(tmp_path: Path) -> None:
+    """The README's `sync apply DIR --trusted-keys …` on an empty state directory: the
+    unit's model is its embedder's (dimension from the model manifest), so a bundle for
+    it applies and a bundle for another model is refused."""
+    a = keys(tmp_path, "alice")
+    state = tmp_path / "state"
+    ours = World(tmp_path / "ours", model=DLIB_MODEL_ID, dim=128)
+    other = World(tmp_path / "other")  # test-embedder-v1
+    for name, world in (("ours", ours), ("other", other)):
+        out(run("sync", "build", "--gallery", str(world.central), "--version", "1",
+                "--key", a["private"], "-o", str(tmp_path / "bundles" / name), "--json"))
+
+    refused = _facegate(state, "sync", "apply", str(tmp_path / "bundles" / "other"),
+                        "--trusted-keys", str(tmp_path / "trusted"))
+    assert refused.returncode == 3, refused.stderr
+    assert f"this unit runs {DLIB_MODEL_ID} (dimension 128)" in refused.stderr
+    assert refused.stderr.count("refused (model_mismatch)") == 1, refused.stderr
+
+    applied = _facegate(state, "sync", "apply", str(tmp_path / "bundles" / "ours"),
+                        "--trusted-keys", str(tmp_path / "trusted"))
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout == "applied version 1 (6 identities)\n"
+    assert f"facegate: state directory {state}" in applied.stderr
+    status = json.loads(_facegate(state, "sync", "status", "--json").stdout)
+    assert (status["version"], status["identities"]) == (1, 6)
+
+
+def test_first_apply_with_the_unit_config(tmp_path: Path) -> None:
+    """--config names the unit's gallery, audit log and embedder."""
+    a = keys(tmp_path, "alice")
+    world = World(tmp_path / "world", model=DLIB_MODEL_ID, dim=128)
+    out(run("sync", "build", "--gallery", str(world.central), "--version", "1",
+            "--key", a["private"], "-o", str(tmp_path / "v1"), "--json"))
+    unit = tmp_path / "unit"
+    config = tmp_path / "config.toml"
+    config.write_text(f'unit_id = "unit-7"\nstate_dir = "{unit}"\n'
+                      '[[cameras]]\ntype = "video"\ncamera_id = "c"\npath = "x.mp4"\n'
+                      '[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n', encoding="utf-8")
+    applied = out(run("sync", "apply", str(tmp_path / "v1"), "--config", str(config),
+                      "--trusted-keys", str(tmp_path / "trusted"), "--json"))
+    assert (applied["outcome"], applied["identities"]) == ("ok", 6)
+    assert (unit / "gallery.db").exists()
+    verified = run("audit", "verify", "--config", str(config), "--json")
+    assert verified.exit_code == 0, verified.output
+    assert json.loads(verified.stdout)["records"] >= 1
+
+
+def test_a_failed_apply_is_said_once_with_one_prefix(tmp_path: Path) -> None:
+    """A model the manifest does not describe, no --dim and no gallery: one line,
+    ``error (config): …``, not ``error: error (config): …`` after a log line saying it too."""
+    a = keys(tmp_path, "alice")
+    world = World(tmp_path / "world")
+    out(run("sync", "build", "--gallery", str(world.central), "--version", "1",
+            "--key", a["private"], "-o", str(tmp_path / "v1"), "--json"))
+    failed = _facegate(tmp_path / "state", "sync", "apply", str(tmp_path / "v1"),
+                       "--trusted-keys", str(tmp_path / "trusted"), "--model-id", MODEL)
+    assert failed.returncode == 2
+    assert failed.stderr.count("model id and dimension are unknown") == 1, failed.stderr
+    assert "error: error" not in failed.stderr
+    assert failed.stderr.splitlines()[-1].startswith("error (config): ")
