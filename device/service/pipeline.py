@@ -64,6 +64,7 @@ from device.service.sink import DecisionSink, PendingJournal
 from device.service.stages import STAGES, FrameProcessor, FrameResult, Match
 from device.service.stats import LatencyStats, RateMeter
 from device.service.thresholds import MAX_SAFE_FMR, Threshold, resolve_threshold
+from device.statelock import SERVICE_HOLDER, StateLock
 from device.sync.agent import SyncAgent
 from device.sync.config import make_sync
 from device.types import FaceChip, Frame
@@ -160,6 +161,7 @@ class RecognitionService:
         self._sink: DecisionSink | None = None
         self._sync_agent: SyncAgent | None = None
         self._housekeeping: Housekeeping | None = None
+        self._state_lock = StateLock(config.state_dir, SERVICE_HOLDER)
         self._retention: RetentionJob | None = None
         self._processor: FrameProcessor | None = None
         self._runner: CameraRunner | None = None
@@ -196,6 +198,8 @@ class RecognitionService:
         self._started = True
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The one writer of the outbox and the audit log; `gallery delete` checks this.
+        self._state_lock.acquire()
         self._audit = AuditLog(cfg.audit_path)
         self._audit.record_service_start(__version__, config_sha256=self._config_sha256)
         if self._detector is None:
@@ -368,6 +372,7 @@ class RecognitionService:
                 except Exception:
                     logger.exception("closing %s failed", type(closer).__name__)
         self._notifier.close()
+        self._state_lock.release()
         logger.info("service stopped (%s)", reason)
 
     def __enter__(self) -> Self:
