@@ -6,6 +6,7 @@ directory) and ``--json``. Embeddings are never printed.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import sys
@@ -25,10 +26,14 @@ from device.cli.common import (
 from device.errors import GalleryError
 from device.events.config import OUTBOX_FILENAME
 from device.events.outbox import Outbox
+from device.gallery.erase import erase_identity
 from device.gallery.exchange import read_export
 from device.gallery.records import Identity, iso_time
 from device.gallery.store import GalleryStore, integrity_check
 from device.paths import default_state_dir
+from device.statelock import SERVICE_HOLDER, StateDirBusyError, StateLock
+
+SERVICE_HOLDER_CLI = "facegate gallery delete"
 
 GALLERY_FILE = "gallery.db"
 
@@ -208,35 +213,46 @@ def delete(identity_id: str, erase: bool, yes: bool, config_path: Path | None,
     the database, its WAL or its shared-memory file. With --erase the file is also
     rebuilt and the identity's pending events leave the outbox (file and WAL). The
     audit log records the deletion by identity id only: never the label, never
-    biometric data. Events already sent cannot be recalled.
+    biometric data. Events already sent cannot be recalled. While `facegate run` is
+    running with the same state directory the command refuses (exit 2) and changes
+    nothing: stop the service, delete, start it again.
     """
     path, outbox_file, audit_file = _erasure_paths(config_path, db_path, outbox_path,
                                                    audit_path)
-    with GalleryStore(path) as store:
-        ident = store.get(identity_id)
-        if not yes and not _confirmed(
-                f"Delete {ident.id} ({ident.label}) and its {ident.face_count} faces"
-                f"{' and erase them from the file and the outbox' if erase else ''}?"):
-            click.echo("not deleted: not confirmed (-y/--yes confirms without asking)",
-                       err=True)
-            sys.exit(1)
-        announce_state_dir(path, outbox_file, audit_file)
-        report = store.delete_identity(identity_id, erase=erase)
-        version = store.metadata().version
-    erased: int | None = None
-    if erase and outbox_file is not None:
-        if outbox_file.exists():
-            with Outbox(outbox_file) as outbox:
-                erased = outbox.delete_for_identity(identity_id)
-        else:
-            erased = 0
-    if audit_file is not None:
-        with AuditLog(audit_file) as audit:
-            audit.record_delete(
-                identity_id, gallery_version=version, reason="cli",
-                samples_removed=report.faces, actor=_actor(),
-                details={"erase": erase, "outbox_erased": erased},
-            )
+    with contextlib.ExitStack() as stack:
+        # The service is the one writer of its outbox and audit log: erase only while
+        # holding their state directories, never behind a running service.
+        states = {f.parent for f in (outbox_file, audit_file) if f is not None}
+        for state in sorted(d for d in states if d.is_dir()):
+            try:
+                stack.enter_context(StateLock(state, SERVICE_HOLDER_CLI))
+            except StateDirBusyError as exc:
+                who = ("the service is running" if exc.holder == SERVICE_HOLDER
+                       else f"{exc.holder or 'another process'} is running")
+                raise GalleryError(
+                    f"{identity_id} not deleted: {who} (pid "
+                    f"{exc.pid if exc.pid is not None else '?'}) with state directory "
+                    f"{state}, the one writer of its outbox and audit log; stop it "
+                    "(systemctl stop facegate), run this again, then start it"
+                ) from exc
+        with GalleryStore(path) as store:
+            ident = store.get(identity_id)
+            if not yes and not _confirmed(
+                    f"Delete {ident.id} ({ident.label}) and its {ident.face_count} faces"
+                    f"{' and erase them from the file and the outbox' if erase else ''}?"):
+                click.echo("not deleted: not confirmed (-y/--yes confirms without asking)",
+                           err=True)
+                sys.exit(1)
+            announce_state_dir(path, outbox_file, audit_file)
+            outbox = (stack.enter_context(Outbox(outbox_file))
+                      if erase and outbox_file is not None and outbox_file.exists() else None)
+            audit = (stack.enter_context(AuditLog(audit_file))
+                     if audit_file is not None else None)
+            report, done = erase_identity(store, identity_id, erase=erase, outbox=outbox,
+                                          audit=audit, reason="cli", actor=_actor())
+    erased = done.outbox_erased
+    if erase and outbox_file is not None and erased is None:
+        erased = 0  # the outbox file does not exist: nothing was waiting
     if as_json:
         emit_json({**report.to_json(), "label": ident.label, "outbox_erased": erased,
                    "audited": audit_file is not None})

@@ -29,6 +29,7 @@ import math
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -66,10 +67,18 @@ REJECT_HOLDOFF_S: Final = 5.0
 #: Pause of the sender after the outbox failed.
 SENDER_RETRY_S: Final = 5.0
 
+#: Acknowledgement callbacks kept for rows not acknowledged yet (the oldest are dropped:
+#: rows purged or erased from the outbox behind the publisher's back never are).
+MAX_ACK_CALLBACKS: Final = 4096
+
 #: Extra room in paho's own in-flight window for retained state messages.
 _STATE_HEADROOM: Final = 32
 
 _LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})
+
+#: Called once an event's row has left the outbox on the broker's PUBACK, with the
+#: monotonic time the PUBACK arrived.
+AckCallback = Callable[[float], None]
 
 
 class ConnectionState(enum.StrEnum):
@@ -136,6 +145,27 @@ class PublisherStatus:
         }
 
 
+def health_payload(unit: str, pipeline: Mapping[str, Any], status: PublisherStatus | None,
+                   *, now: float | None = None) -> dict[str, Any]:
+    """The whole ``facegate/health/1`` payload: the one place it is assembled.
+
+    Args:
+        unit: The unit id.
+        pipeline: The service's part (``status``, ``uptime_s``, ``cameras``, ...);
+            empty for a bare publisher.
+        status: The publisher's status (the ``mqtt`` and ``outbox`` sections); None
+            before a publisher exists.
+        now: Seconds since the epoch (default: the wall clock).
+    """
+    now = time.time() if now is None else now
+    payload: dict[str, Any] = {"schema": HEALTH_SCHEMA, "unit": unit,
+                               "at": format_timestamp(now), **pipeline}
+    if status is not None:
+        payload["mqtt"] = status.mqtt_health()
+        payload["outbox"] = status.outbox_health(now)
+    return payload
+
+
 class _Client(mqtt.Client):
     """paho's client, also reporting *why* a connection attempt failed.
 
@@ -176,9 +206,10 @@ class Publisher:
     Args:
         config: The ``[mqtt]`` configuration section.
         cameras: Camera ids (for Home Assistant discovery).
-        health_provider: Called every ``health_interval_s`` for the pipeline's part of
-            the health payload (``status``, ``uptime_s``, ``cameras``, ...); the
-            publisher adds ``mqtt`` and ``outbox``.
+        health_provider: Called every ``health_interval_s`` (and on each connect) with
+            the publisher's status; returns the whole ``facegate/health/1`` payload
+            (assembled by :func:`health_payload`). Without one the publisher
+            publishes the event layer's part alone.
         outbox: An open outbox to use instead of opening ``config.outbox_path``; the
             caller keeps ownership.
         env: Environment for ``$CREDENTIALS_DIRECTORY`` lookups (default os.environ).
@@ -194,7 +225,7 @@ class Publisher:
         config: MqttConfig,
         *,
         cameras: Sequence[str] = (),
-        health_provider: Callable[[], Mapping[str, Any]] | None = None,
+        health_provider: Callable[[PublisherStatus], Mapping[str, Any]] | None = None,
         outbox: Outbox | None = None,
         env: Mapping[str, str] | None = None,
         sw_version: str = "",
@@ -230,6 +261,11 @@ class Publisher:
         self._mid_rows: dict[int, int | None] = {}  # mid -> row id (None: state message)
         self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat publish() returning
         self._acked_rows: list[int] = []
+        self._ack_at: dict[int, float] = {}  # acked row id -> monotonic PUBACK time
+        # Row id -> callback; guarded by _queue_lock, which also spans the outbox put,
+        # so a row is never acknowledged before its callback is registered.
+        self._queue_lock = threading.Lock()
+        self._ack_callbacks: OrderedDict[int, AckCallback] = OrderedDict()
         self._applying = 0  # acks taken from _acked_rows, not yet counted
         self._rejected_rows: list[int] = []
         self._retained: dict[str, bytes] = {}
@@ -385,17 +421,19 @@ class Publisher:
     def outbox(self) -> Outbox:
         return self._outbox
 
-    def publish_match(self, event: MatchEvent) -> int:
+    def publish_match(self, event: MatchEvent, *, on_ack: AckCallback | None = None) -> int:
         """Validate, privacy-check and durably queue a match event; returns its row id.
 
         Returns once the event is committed to the outbox; delivery happens in the
-        background, at least once.
+        background, at least once. ``on_ack`` is called (on the sender thread, with
+        the PUBACK's monotonic time) once the broker acknowledged the event and its
+        row left the outbox; never for an event that expires or is erased unsent.
 
         Raises:
             PublishError: The event is for another unit, fails the schema or the
                 privacy guard, or the outbox cannot be written.
         """
-        return self._queue_event(event, self.topics.match(event.camera))
+        return self._queue_event(event, self.topics.match(event.camera), on_ack)
 
     def publish_track_end(self, event: TrackEndEvent) -> int:
         """Durably queue a track-end update (like :meth:`publish_match`); returns its row id.
@@ -404,22 +442,28 @@ class Publisher:
             PublishError: The event is for another unit, fails the schema or the
                 privacy guard, or the outbox cannot be written.
         """
-        return self._queue_event(event, self.topics.track_end(event.camera))
+        return self._queue_event(event, self.topics.track_end(event.camera), None)
 
-    def _queue_event(self, event: MatchEvent | TrackEndEvent, topic: str) -> int:
+    def _queue_event(self, event: MatchEvent | TrackEndEvent, topic: str,
+                     on_ack: AckCallback | None) -> int:
         """Check the unit, commit the event to the outbox, wake the sender; the row id."""
         if event.unit != self.config.unit_id:
             raise PublishError(
                 f"event of unit {event.unit!r} given to the publisher of {self.config.unit_id!r}"
             )
-        row_id = self._outbox.put(
-            topic,
-            event.encode(),
-            qos=self.config.qos,
-            expiry_s=self.config.match_expiry_s,
-            identity_id=event.identity_id,
-            event_id=event.event_id,
-        )
+        with self._queue_lock:
+            row_id = self._outbox.put(
+                topic,
+                event.encode(),
+                qos=self.config.qos,
+                expiry_s=self.config.match_expiry_s,
+                identity_id=event.identity_id,
+                event_id=event.event_id,
+            )
+            if on_ack is not None:
+                self._ack_callbacks[row_id] = on_ack
+                while len(self._ack_callbacks) > MAX_ACK_CALLBACKS:
+                    self._ack_callbacks.popitem(last=False)
         with self._cond:
             self._wake = True
             self._cond.notify_all()
@@ -448,24 +492,16 @@ class Publisher:
         """Publish the health payload now (it is also published every interval).
 
         Raises:
-            PublishError: The provider's part fails the health schema.
+            PublishError: The payload fails the health schema or the privacy guard.
         """
-        now = time.time()
-        extra: dict[str, Any] = {}
-        if self._health_provider is not None:
-            try:
-                extra = dict(self._health_provider())
-            except Exception:
-                logger.exception("health provider failed; publishing the event layer's part only")
         status = self.status()
-        payload = {
-            "schema": HEALTH_SCHEMA,
-            "unit": self.config.unit_id,
-            "at": format_timestamp(now),
-            **extra,
-            "mqtt": status.mqtt_health(),
-            "outbox": status.outbox_health(now),
-        }
+        payload: Mapping[str, Any]
+        try:
+            payload = (self._health_provider(status) if self._health_provider is not None
+                       else health_payload(self.config.unit_id, {}, status))
+        except Exception:
+            logger.exception("health provider failed; publishing the event layer's part only")
+            payload = health_payload(self.config.unit_id, {}, status)
         self.publish_state("health", payload)
 
     def delete_for_identity(self, identity_id: str) -> int:
@@ -745,6 +781,7 @@ class Publisher:
             self._last_error = f"broker rejected an event ({reason.getName()})"
         else:
             self._acked_rows.append(row_id)
+            self._ack_at[row_id] = time.monotonic()
         self._cond.notify_all()
 
     def _apply_acks(self) -> None:
@@ -766,6 +803,9 @@ class Publisher:
                     self._applying = 0
                 raise
             with self._cond:
+                times = [self._ack_at.pop(row, time.monotonic()) for row in acked]
+            self._run_ack_callbacks(acked, times)  # before flush() may return
+            with self._cond:
                 self._acked_total += len(acked)
                 self._applying = 0
                 self._cond.notify_all()
@@ -773,6 +813,23 @@ class Publisher:
             logger.warning(
                 "broker rejected %d event(s); resending in %g s", len(rejected), REJECT_HOLDOFF_S
             )
+
+    def _run_ack_callbacks(self, rows: Sequence[int], times: Sequence[float]) -> None:
+        """Call the callbacks of rows that left the outbox (no lock held while called)."""
+        with self._queue_lock:
+            due = [(cb, at) for row, at in zip(rows, times, strict=True)
+                   if (cb := self._ack_callbacks.pop(row, None)) is not None]
+        for callback, at in due:
+            try:
+                callback(at)
+            except Exception:
+                logger.exception("acknowledgement callback failed; ignored")
+
+    def _forget_callbacks(self, rows: Sequence[int]) -> None:
+        """Rows that left the outbox unsent (expired, invalid) are never acknowledged."""
+        with self._queue_lock:
+            for row in rows:
+                self._ack_callbacks.pop(row, None)
 
     def _ready(self, now: float) -> bool:
         """Whether the sender has something to do (cond held)."""
@@ -868,6 +925,8 @@ class Publisher:
                     self._wake = True  # maybe more behind; acks will free the window
         if expired:
             self._outbox.expire(*expired)
+            self._forget_callbacks(expired)
             logger.info("%d event(s) expired before they could be sent", len(expired))
         if invalid:
             self._outbox.discard(*invalid)
+            self._forget_callbacks(invalid)

@@ -10,5 +10,7 @@
   search → decide, without threads (the service and the benchmark share it);
 * :mod:`device.service.sink` — a decision becomes an audit record and an outbox row;
 * :mod:`device.service.health` — the health snapshot, the local health file, temperature;
+* :mod:`device.service.housekeeping` — the periodic jobs beside the frame flow: health
+  file, the one gallery reload path, retention, the audit head;
 * :mod:`device.service.pipeline` — threads, queues, lifecycle, watchdog, signals.
 """

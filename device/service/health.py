@@ -1,12 +1,15 @@
 """The service's health: the snapshot, the local health file, the temperature, the text.
 
-The pipeline part of the ``facegate/health/1`` payload (status, uptime, temperature,
-gallery version, cameras, the frame loop) comes from
-:meth:`device.service.pipeline.RecognitionService.health`; the publisher adds the
-``mqtt`` and ``outbox`` sections and publishes it, retained, every interval. The
-service also writes the whole payload to a local file (:func:`write_health_file`,
-atomically), which ``facegate status`` reads (:func:`read_health_file`,
-:func:`format_status`) — so a person on the unit sees it with the broker down.
+:func:`health_payload` (defined beside the publisher's status, which a bare
+publisher also publishes) is the one place the ``facegate/health/1`` payload is
+assembled: the envelope (schema, unit, time), the pipeline part (status, uptime,
+temperature, gallery version, cameras, the frame loop, from
+:meth:`device.service.pipeline.RecognitionService.health`) and the event layer's
+``mqtt`` and ``outbox`` sections (from the publisher's status). The publisher
+publishes it, retained, every interval; the housekeeping writes it to a local file
+(:func:`write_health_file`, atomically), which ``facegate status`` reads
+(:func:`read_health_file`, :func:`format_status`) — so a person on the unit sees it
+with the broker down.
 """
 
 from __future__ import annotations
@@ -24,7 +27,11 @@ from typing import Any
 
 from device.camera import SourceHealth, SourceState
 from device.errors import DeviceError
+from device.events.mqtt import health_payload
 from device.events.schema import parse_timestamp
+
+__all__ = ["camera_state", "format_status", "health_payload", "read_health_file",
+           "read_temperature", "temperature_file", "write_health_file"]
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,10 @@ Thread layout (all bounded)::
      thread per camera;      drop_oldest counts      track → embed →       → outbox (SQLite)
      decode happens here)    drops per camera, or    search → decide            │
                              block for replays)      WATCHDOG=1 per frame  mqtt-sender + paho
-                                                     or per idle tick           │ PUBACK
-    health: health file + audit head every interval  ack-watch: capture-to-ack ◀┘
-    gallery-sync (with [sync]): verified bundle → LiveGallery.on_switched (index swap)
+                                                     or per idle tick           │ PUBACK →
+                                                                   capture-to-ack callback
+    housekeeping: health file, gallery check, retention, audit head (its own thread)
+    gallery-sync (with [sync]): verified bundle → Housekeeping.reload_gallery (index swap)
 
 * One inference worker owns the detector, the embedder and every camera's tracker
   and decider, so none of them needs a lock. It takes frames with a timeout and
@@ -20,7 +21,11 @@ Thread layout (all bounded)::
   failed.
 * The gallery is a :class:`~device.gallery.live.LiveGallery`: the worker reads
   the active version once per frame; a sync swaps in a new index while the old one
-  keeps answering, so matching never stops.
+  keeps answering, so matching never stops. Every reload (sync, retention purge,
+  changed file) goes through :meth:`Housekeeping.reload_gallery`.
+* The flow is one-way: the frame loop hands decisions to the sink, the sink to the
+  outbox, the publisher sends from it. Periodic side jobs live in
+  :class:`~device.service.housekeeping.Housekeeping`.
 * Shutdown (SIGTERM/SIGINT → :meth:`RecognitionService.request_stop`): ``STOPPING=1``,
   the cameras stop, the worker processes what is queued (up to ``drain_timeout_s``)
   and ends every track, the outbox is given the same time to drain, then everything
@@ -44,26 +49,22 @@ from device import __version__
 from device.audit import AuditLog
 from device.camera import CameraRunner, FrameSource, SourceHealth, SourceState, open_source
 from device.errors import DeviceError
-from device.events.mqtt import ConnectionState, Publisher
+from device.events.mqtt import ConnectionState, Publisher, PublisherStatus
 from device.events.notify import Notifier
-from device.events.schema import format_timestamp
 from device.gallery.calibration import log_expected_fpir
 from device.gallery.live import LiveGallery
 from device.service.config import FacegateConfig
 from device.service.decision import TrackEnded, UnknownTrack
 from device.service.gallery import GalleryWatcher, gallery_version, open_gallery
-from device.service.health import (
-    camera_state,
-    read_temperature,
-    temperature_file,
-    write_health_file,
-)
+from device.service.health import camera_state, health_payload, read_temperature, temperature_file
+from device.service.housekeeping import Housekeeping
 from device.service.queue import PipelineQueue
 from device.service.retention import RetentionJob
 from device.service.sink import DecisionSink, PendingJournal
 from device.service.stages import STAGES, FrameProcessor, FrameResult, Match
 from device.service.stats import LatencyStats, RateMeter
 from device.service.thresholds import MAX_SAFE_FMR, Threshold, resolve_threshold
+from device.statelock import SERVICE_HOLDER, StateLock
 from device.sync.agent import SyncAgent
 from device.sync.config import make_sync
 from device.types import FaceChip, Frame
@@ -159,7 +160,8 @@ class RecognitionService:
         self._publisher: Publisher | None = None
         self._sink: DecisionSink | None = None
         self._sync_agent: SyncAgent | None = None
-        self._gallery_watch: GalleryWatcher | None = None
+        self._housekeeping: Housekeeping | None = None
+        self._state_lock = StateLock(config.state_dir, SERVICE_HOLDER)
         self._retention: RetentionJob | None = None
         self._processor: FrameProcessor | None = None
         self._runner: CameraRunner | None = None
@@ -167,7 +169,6 @@ class RecognitionService:
         self._open_failures: dict[str, str] = {}
         self.threshold: Threshold | None = None
         self._worker: threading.Thread | None = None
-        self._health_thread: threading.Thread | None = None
         self._temperature_file = config.health.temperature_file or temperature_file()
         self._stop = threading.Event()  # the service should stop
         self._drain = threading.Event()  # the worker should drain and exit
@@ -197,6 +198,8 @@ class RecognitionService:
         self._started = True
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The one writer of the outbox and the audit log; `gallery delete` checks this.
+        self._state_lock.acquire()
         self._audit = AuditLog(cfg.audit_path)
         self._audit.record_service_start(__version__, config_sha256=self._config_sha256)
         if self._detector is None:
@@ -219,9 +222,7 @@ class RecognitionService:
             sync.recover()  # a crash mid-switch is repaired before the gallery is read
         self._gallery = open_gallery(cfg.gallery_path, model_id=model_id, dim=dim,
                                      precision=cfg.gallery.precision)
-        self._gallery_watch = GalleryWatcher(self._gallery, cfg.gallery_path,
-                                             model_id=model_id, dim=dim,
-                                             on_loaded=self._gallery_loaded)
+        watcher = GalleryWatcher(self._gallery, cfg.gallery_path, model_id=model_id, dim=dim)
         self._gallery_loaded()
         self._processor = FrameProcessor(
             self._detector, self._embedder, self._gallery, threshold=self.threshold.value,
@@ -231,14 +232,20 @@ class RecognitionService:
             embed_after_match=cfg.pipeline.embed_after_match,
         )
         self._publisher = Publisher(cfg.mqtt, cameras=cfg.camera_ids,
-                                    health_provider=self.health, env=self._env,
+                                    health_provider=self._health_for, env=self._env,
                                     sw_version=__version__)
-        # Retention before the first frame is matched or the first event sent: expired
-        # identities leave the gallery (and their unsent events the outbox).
         self._retention = RetentionJob(cfg.retention, cfg.audit, gallery_path=cfg.gallery_path,
                                        audit=self._audit, outbox=self._publisher.outbox)
-        if self._retention.run().purged:
-            self._gallery_watch.check()
+        self._housekeeping = Housekeeping(
+            cfg.unit_id, health_path=cfg.health_path, health=self.health_payload,
+            interval_s=cfg.health.interval_s, audit=self._audit, publisher=self._publisher,
+            head_interval_s=cfg.audit.head_interval_s, watcher=watcher,
+            on_reloaded=self._gallery_loaded, retention=self._retention,
+            purge_interval_s=cfg.retention.purge_interval_s,
+        )
+        # Retention before the first frame is matched or the first event sent: expired
+        # identities leave the gallery (and their unsent events the outbox).
+        self._housekeeping.run_retention()
         self._publisher.start()
         self._sink = DecisionSink(
             cfg.unit_id, self._publisher, self._audit, PendingJournal(cfg.state_dir / "pending"),
@@ -247,7 +254,6 @@ class RecognitionService:
         recovered = self._sink.recover()
         if recovered:
             logger.warning("finished %d decision(s) interrupted by the previous run", recovered)
-        self._sink.start()
         if sync is not None:
             sync.on_switched = self._switch_gallery  # the pipeline keeps matching
             self._sync_agent = SyncAgent(sync, cfg.mqtt, cfg.sync,
@@ -258,23 +264,23 @@ class RecognitionService:
         self._worker.start()
         self._runner = CameraRunner(self._sources, self.queue)
         self._runner.start()
-        self._health_thread = threading.Thread(target=self._run_health, name="health",
-                                               daemon=True)
-        self._health_thread.start()
-        self._write_health()
+        self._housekeeping.start()
         with contextlib.suppress(DeviceError):
             self._publisher.publish_health()
-            self._publisher.publish_state("audit/head", self._audit.head_message(cfg.unit_id))
         running = len(self._sources)
         self._notifier.ready(f"{running} of {len(cfg.cameras)} camera(s) running")
         logger.info("service started: %d of %d camera(s), gallery version %s", running,
                     len(cfg.cameras), gallery_version(self._gallery))
 
     def _switch_gallery(self, path: Path, version: int) -> None:
-        """The sync's hook: swap the index (old one answers meanwhile), then log."""
-        assert self._gallery is not None
-        self._gallery.on_switched(path, version)
-        self._gallery_loaded()
+        """The sync's hook: the switched file is loaded (old index answers meanwhile).
+
+        Raises:
+            DeviceError: It cannot be loaded (the sync then undoes the switch).
+        """
+        assert self._housekeeping is not None
+        if not self._housekeeping.reload_gallery():
+            logger.debug("gallery %s (version %d) was already loaded", path, version)
 
     def _gallery_loaded(self) -> None:
         """Log the threshold and the expected false-positive identification rate."""
@@ -346,22 +352,18 @@ class RecognitionService:
                 logger.error("the inference worker did not stop; closing around it")
         if self._sync_agent is not None:
             self._sync_agent.close()
-        if self._publisher is not None and self._sink is not None:
-            if self._publisher.status().state is ConnectionState.CONNECTED:
-                self._publisher.flush(drain)  # else the outbox keeps them for next time
-            self._sink.close()
-        if self._health_thread is not None:
-            self._health_thread.join(5.0)
-        with contextlib.suppress(OSError, DeviceError):
-            self._write_health()
+        if (self._publisher is not None and self._sink is not None
+                and self._publisher.status().state is ConnectionState.CONNECTED):
+            self._publisher.flush(drain)  # else the outbox keeps them for next time
+        if self._housekeeping is not None:
+            self._housekeeping.stop()
         if self._audit is not None:
             try:
                 self._audit.record_service_stop(reason)
-                if self._publisher is not None:
-                    self._publisher.publish_state("audit/head",
-                                                  self._audit.head_message(self.config.unit_id))
             except DeviceError as exc:
                 logger.error("service stop not recorded in the audit log: %s", exc)
+        if self._housekeeping is not None:
+            self._housekeeping.finish()  # the last health file and audit head
         for closer in (self._publisher, self._audit, self._gallery, self._detector,
                        self._embedder):
             if closer is not None:
@@ -370,6 +372,7 @@ class RecognitionService:
                 except Exception:
                     logger.exception("closing %s failed", type(closer).__name__)
         self._notifier.close()
+        self._state_lock.release()
         logger.info("service stopped (%s)", reason)
 
     def __enter__(self) -> Self:
@@ -558,37 +561,9 @@ class RecognitionService:
 
     def health_payload(self) -> dict[str, Any]:
         """The whole health payload (as published), for the local health file."""
-        now = time.time()
-        payload: dict[str, Any] = {"schema": "facegate/health/1", "unit": self.config.unit_id,
-                                   "at": format_timestamp(now), **self.health()}
-        if self._publisher is not None:
-            status = self._publisher.status()
-            payload["mqtt"] = status.mqtt_health()
-            payload["outbox"] = status.outbox_health(now)
-        return payload
+        status = self._publisher.status() if self._publisher is not None else None
+        return health_payload(self.config.unit_id, self.health(), status)
 
-    def _write_health(self) -> None:
-        write_health_file(self.config.health_path, self.health_payload())
-
-    def _run_health(self) -> None:
-        cfg = self.config
-        next_head = time.monotonic() + cfg.audit.head_interval_s
-        next_purge = time.monotonic() + cfg.retention.purge_interval_s
-        while not self._stop.wait(cfg.health.interval_s):
-            if time.monotonic() >= next_purge and self._retention is not None:
-                next_purge = time.monotonic() + cfg.retention.purge_interval_s
-                self._retention.run()  # the gallery check below reloads what it purged
-            try:
-                self._write_health()
-            except OSError as exc:
-                logger.warning("health file %s not written: %s", cfg.health_path, exc)
-            if self._gallery_watch is not None:
-                try:
-                    self._gallery_watch.check()
-                except DeviceError as exc:
-                    logger.error("changed gallery not loaded (the old one stays): %s", exc)
-            if time.monotonic() >= next_head and self._audit and self._publisher:
-                next_head = time.monotonic() + cfg.audit.head_interval_s
-                with contextlib.suppress(DeviceError):
-                    self._publisher.publish_state("audit/head",
-                                                  self._audit.head_message(cfg.unit_id))
+    def _health_for(self, status: PublisherStatus) -> dict[str, Any]:
+        """The publisher's health provider: the same payload, with its status."""
+        return health_payload(self.config.unit_id, self.health(), status)

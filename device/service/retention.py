@@ -6,11 +6,11 @@ one writer of its databases; a timer in another process would be a second one). 
 run:
 
 1. **Gallery.** Every identity whose ``expires_at`` has passed is deleted with its
-   embeddings (``secure_delete``, WAL truncated, file rebuilt with ``VACUUM``), its
-   pending events are erased from the outbox, and one audit ``delete`` record per
-   identity keeps the fact (id, faces removed, expiry; never the label or any
-   biometric data). The running index drops the identity at the service's next
-   gallery check, because the deletion moves the gallery's revision.
+   embeddings (``secure_delete``, WAL truncated, file rebuilt with ``VACUUM``), then
+   erased like ``gallery delete --erase`` erases (:mod:`device.gallery.erase`): its
+   pending events leave the outbox, and one audit ``delete`` record per identity
+   keeps the fact (id, faces removed, expiry; never the label or any biometric
+   data). The service's housekeeping reloads the running index right after a purge.
 2. **Share guard.** A Raspberry Pi without a real-time clock can boot years in the
    future; every identity would then look expired. A run that would delete more than
    ``max_purge_share`` of the gallery (and more than ``purge_always_allowed``
@@ -44,7 +44,8 @@ from pydantic import Field
 from device.audit import AuditConfig, AuditKind, AuditLog
 from device.config import Section
 from device.errors import DeviceError
-from device.gallery.records import Identity, iso_time
+from device.gallery.erase import PendingEvents, finish_erasure
+from device.gallery.records import iso_time
 from device.gallery.store import GalleryStore
 
 logger = logging.getLogger(__name__)
@@ -78,12 +79,8 @@ class RetentionConfig(Section):
     )
 
 
-class OutboxLike(Protocol):
+class OutboxLike(PendingEvents, Protocol):
     """What the job needs of the outbox (:class:`device.events.outbox.Outbox`)."""
-
-    def delete_for_identity(self, identity_id: str) -> int:
-        """Erase an identity's pending events; returns how many."""
-        ...
 
     def purge_older_than(self, seconds: float) -> int:
         """Delete events stored more than ``seconds`` ago; returns how many."""
@@ -229,24 +226,16 @@ class RetentionJob:
         erased = 0
         for identity_id in report.identity_ids:
             ident = expired.get(identity_id)
-            count = 0
-            if self.outbox is not None:
-                count = self.outbox.delete_for_identity(identity_id)
-                erased += count
-            self._record_delete(identity_id, ident, version, count)
+            done = finish_erasure(
+                identity_id, faces=ident.face_count if ident else 0, gallery_version=version,
+                file_rebuilt=report.erased, outbox=self.outbox, audit=self.audit,
+                reason="expired", actor=ACTOR,
+                details={"expires_at": iso_time(ident.expires_at if ident else None)},
+            )
+            erased += done.outbox_erased or 0
         logger.info("retention: purged %d expired identities (%d faces) from %s",
                     len(report.identity_ids), report.faces, path)
         return report.identity_ids, erased, None
-
-    def _record_delete(self, identity_id: str, ident: Identity | None, version: int,
-                       outbox_erased: int) -> None:
-        details: dict[str, object] = {"erase": True, "outbox_erased": outbox_erased,
-                                      "expires_at": iso_time(ident.expires_at if ident
-                                                             else None)}
-        self.audit.record_delete(
-            identity_id, gallery_version=version, reason="expired",
-            samples_removed=ident.face_count if ident else 0, actor=ACTOR, details=details,
-        )
 
     def _refuse(self, expired: int, total: int, allowed: int, now: float) -> str:
         share = self.config.max_purge_share

@@ -18,10 +18,14 @@ delivery is then sent twice — at-least-once delivery, de-duplicated on ``event
 — and never lost. The journal holds what the outbox holds (ids, label, box, times):
 no image and no embedding.
 
-Acknowledgements: the sink remembers the outbox row and the frame arrival time of
-every event it queued and, on an acknowledgement thread, measures the
-frame-to-acknowledgement latency (a row leaves the outbox when the broker's PUBACK
-arrives).
+Acknowledgements: the sink hands the publisher a callback with every match event;
+the publisher calls it when the broker's PUBACK has taken the row out of the outbox,
+and the sink records the frame-to-acknowledgement latency. Nothing reads the outbox
+back.
+
+Test hook: every step above is preceded by a named checkpoint (``sink.journal``,
+``sink.audit``, ``sink.outbox``, ``sink.unjournal``), the environment-configured
+:func:`device.checkpoint.checkpoint_from_env` by default, a no-op in production.
 """
 
 from __future__ import annotations
@@ -33,15 +37,14 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 from device.audit import AuditKind, AuditLog, read_records
-from device.errors import AuditError, PublishError
-from device.events.mqtt import Publisher, PublisherStatus
+from device.checkpoint import Checkpoint, checkpoint_from_env
+from device.errors import PublishError
+from device.events.mqtt import AckCallback
 from device.events.outbox import Outbox
 from device.events.schema import MatchEvent, TrackEndEvent
 from device.service.decision import TrackEnded, UnknownTrack
@@ -63,11 +66,10 @@ class EventPublisher(Protocol):
     @property
     def outbox(self) -> Outbox: ...
 
-    def publish_match(self, event: MatchEvent) -> int: ...
+    def publish_match(self, event: MatchEvent, *, on_ack: AckCallback | None = None
+                      ) -> int: ...
 
     def publish_track_end(self, event: TrackEndEvent) -> int: ...
-
-    def publish_state(self, suffix: str, payload: Any) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,13 +141,6 @@ class PendingJournal:
         return [(event_id, record) for _, event_id, record in sorted(out)]
 
 
-def _acked_changed(seen: int) -> Callable[[PublisherStatus], bool]:
-    def changed(status: PublisherStatus) -> bool:
-        return status.acked != seen
-
-    return changed
-
-
 class DecisionSink:
     """Turns decisions into audit records and durable events; measures acknowledgements.
 
@@ -157,7 +152,8 @@ class DecisionSink:
         threshold: The threshold in force (similarity and FMR go into events and records).
         model_id: The embedder's model id.
         latency: Where the ``publish`` and ``capture_to_ack`` samples go.
-        clock: Monotonic clock (acknowledgement latency).
+        checkpoint: Called with a name before each step of a decision (crash tests);
+            by default the one ``$FACEGATE_CHECKPOINT_HOOK`` names, else a no-op.
     """
 
     def __init__(
@@ -170,7 +166,7 @@ class DecisionSink:
         threshold: Threshold,
         model_id: str,
         latency: LatencyStats,
-        clock: Callable[[], float] = time.monotonic,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         self.unit = unit
         self.publisher = publisher
@@ -179,41 +175,14 @@ class DecisionSink:
         self.threshold = threshold
         self.model_id = model_id
         self.latency = latency
-        self._clock = clock
+        self._cp = checkpoint if checkpoint is not None else checkpoint_from_env()
         self._announced: OrderedDict[tuple[str, int, str], _Announced] = OrderedDict()
-        self._lock = threading.Condition()
-        self._awaiting: dict[int, float] = {}  # outbox row id -> frame arrival (monotonic)
-        self._stop = False
-        self._acks: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._awaiting: OrderedDict[int, None] = OrderedDict()  # rows not acknowledged yet
         self.matches = 0
         self.track_ends = 0
         self.unknown_tracks = 0
         self.matches_by_camera: dict[str, int] = {}
-
-    # ---- lifecycle -----------------------------------------------------------------
-
-    def start(self) -> None:
-        """Start the acknowledgement thread (when the publisher is a real one)."""
-        if isinstance(self.publisher, Publisher) and self._acks is None:
-            self._acks = threading.Thread(target=self._watch_acks, name="ack-watch", daemon=True)
-            self._acks.start()
-
-    def close(self) -> None:
-        """Stop the acknowledgement thread (one last check first). Idempotent."""
-        with self._lock:
-            self._stop = True
-            self._lock.notify_all()
-        if self._acks is not None:
-            self._acks.join(5.0)
-            self._acks = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     # ---- decisions -----------------------------------------------------------------
 
@@ -235,15 +204,23 @@ class DecisionSink:
             faces_considered=a.faces_considered, box=match.box,
         )
         payload = event.to_payload()
+        self._cp("sink.journal")
         self.journal.write(event.event_id, {
             "kind": "match", "payload": payload, "threshold": self.threshold.value,
         })
+        self._cp("sink.audit")
         self._audit(event)
-        row = self.publisher.publish_match(event)
+        self._cp("sink.outbox")
+        row_of: list[int] = []
+        with self._lock:  # the callback waits for it if the PUBACK beats this block
+            row = self.publisher.publish_match(event,
+                                               on_ack=self._acked_after(match.arrival, row_of))
+            row_of.append(row)
+            self._awaiting[row] = None
+            while len(self._awaiting) > MAX_ANNOUNCED:  # erased or purged unsent
+                self._awaiting.popitem(last=False)
+        self._cp("sink.unjournal")
         self.journal.remove(event.event_id)
-        with self._lock:
-            self._awaiting[row] = match.arrival
-            self._lock.notify_all()
         self._announced[(a.camera_id, a.track_id, a.identity_id)] = _Announced(
             event.event_id, match.first_seen)
         while len(self._announced) > MAX_ANNOUNCED:  # a track that never ended
@@ -254,8 +231,18 @@ class DecisionSink:
         logger.info("camera %s: track %d is %s (similarity %.3f, %d faces): event %s",
                     a.camera_id, a.track_id, a.identity_id, a.similarity,
                     a.faces_considered, event.event_id)
-        self._publish_audit_head()
         return event
+
+    def _acked_after(self, arrival: float, row_of: list[int]) -> AckCallback:
+        """The callback that turns one event's PUBACK into a ``capture_to_ack`` sample."""
+
+        def acked(at: float) -> None:
+            self.latency.add("capture_to_ack", (at - arrival) * 1000.0)
+            with self._lock:
+                for row in row_of:
+                    self._awaiting.pop(row, None)
+
+        return acked
 
     def _audit(self, event: MatchEvent) -> None:
         self.audit.record_match(
@@ -290,12 +277,6 @@ class DecisionSink:
         """Count a track that ended without a match: a number, nothing else."""
         self.unknown_tracks += 1
         logger.debug("camera %s: a track ended without a match", unknown.camera_id)
-
-    def _publish_audit_head(self) -> None:
-        try:
-            self.publisher.publish_state("audit/head", self.audit.head_message(self.unit))
-        except (AuditError, PublishError) as exc:
-            logger.warning("audit head not published: %s", exc)
 
     # ---- recovery ------------------------------------------------------------------
 
@@ -342,47 +323,3 @@ class DecisionSink:
         """Events queued by this process whose acknowledgement was not seen yet."""
         with self._lock:
             return len(self._awaiting)
-
-    def check_acks(self) -> int:
-        """Settle queued events that have left the outbox; returns how many.
-
-        Raises:
-            PublishError: The outbox cannot be read.
-        """
-        with self._lock:
-            if not self._awaiting:
-                return 0
-            rows = sorted(self._awaiting)
-        span = rows[-1] - rows[0] + 1
-        still = {r.id for r in self.publisher.outbox.pending(limit=span, after_id=rows[0] - 1)}
-        now = self._clock()
-        done = 0
-        with self._lock:
-            for row in rows:
-                if row not in still and row in self._awaiting:
-                    arrival = self._awaiting.pop(row)
-                    self.latency.add("capture_to_ack", (now - arrival) * 1000.0)
-                    done += 1
-        return done
-
-    def _watch_acks(self) -> None:
-        assert isinstance(self.publisher, Publisher)
-        publisher = self.publisher
-        while True:
-            with self._lock:
-                self._lock.wait_for(lambda: self._stop or bool(self._awaiting), 1.0)
-                stop = self._stop
-            try:
-                self.check_acks()
-                if stop:
-                    return
-                if self.awaiting():
-                    seen = publisher.status().acked
-                    # An ack after `seen` was read wakes the wait; one before it is
-                    # caught by this check.
-                    if self.check_acks() == 0 and self.awaiting():
-                        publisher.wait_for(_acked_changed(seen), 0.5)
-            except PublishError as exc:
-                logger.debug("acknowledgements not checked: %s", exc)
-                if stop:
-                    return

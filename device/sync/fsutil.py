@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
-Checkpoint = Callable[[str], None]
+from device.checkpoint import Checkpoint, no_checkpoint
 
-
-def no_checkpoint(name: str) -> None:
-    """The default checkpoint: does nothing."""
+__all__ = ["Checkpoint", "atomic_write", "fsync_dir", "fsync_file", "no_checkpoint", "remove_tree",
+           "scrub_file"]
 
 
 def fsync_dir(path: Path) -> None:

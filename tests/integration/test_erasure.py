@@ -4,22 +4,36 @@ Two people are enrolled, matched (pending outbox events and audit decision recor
 the service writes them) and one is erased. Afterwards the raw bytes of the gallery,
 the outbox and the audit log (each with its WAL and shared-memory file) hold neither
 that person's embeddings nor their label, while the other person's are still there;
-the audit log records the deletion by id and still verifies.
+the audit log records the deletion by id and still verifies. While the service runs
+with the same state directory, the command refuses and writes nothing.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from device.audit import AuditKind, AuditLog, read_records, verify
 from device.cli import main
 from device.events.outbox import Outbox
+from device.gallery.records import NewFace, NewIdentity
 from device.gallery.store import GalleryStore
+from device.ops.localbroker import LocalBroker
+from device.service.pipeline import RecognitionService
+from device.types import Embedding
 from tests.gallery_helpers import DIM, MODEL, Clock, FaceMaker, blob, enroll, raw_files
+from tests.integration.events_support import Collector
+from tests.integration.test_service_lifecycle import GatedDetector, TinyEmbedder, _frames
+from tests.integration.test_service_lifecycle import _config as service_config
+
+FACEGATE = str(Path(sys.executable).parent / "facegate")
 
 ERASED, KEPT = "Zoltan Erasmus-Quill", "Kept Person"
 
@@ -106,3 +120,54 @@ def test_delete_without_an_outbox_says_so(tmp_path: Path,
                              catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert "no outbox found" in res.stderr and "not recorded" in res.stderr
+
+
+def test_erasure_while_the_service_runs_is_refused_and_changes_nothing(
+    tmp_path: Path, broker: LocalBroker
+) -> None:
+    """``gallery delete --erase`` in another process while ``facegate run`` holds the
+    state directory: refused with the service's pid, no file written; after the service
+    stopped the same command erases."""
+    config = service_config(tmp_path, broker.url, _frames(tmp_path / "frames", 1000))
+    config_file = tmp_path / "facegate.toml"
+    config_file.write_text(
+        f'unit_id = "unit-1"\nstate_dir = "{config.state_dir}"\n\n'
+        f'[[cameras]]\ntype = "image"\ncamera_id = "front"\npath = "{tmp_path / "frames"}"\n\n'
+        f'[mqtt]\nurl = "{broker.url}"\n'
+    )
+    vector = Embedding(np.eye(8, dtype=np.float32)[1], "tiny")
+    with GalleryStore(config.gallery_path, model_id="tiny", dim=8, create=True) as store:
+        store.add_identity_with_faces(NewIdentity(label=ERASED, id="id-a"),
+                                      [NewFace(vector, 1.0, "ab" * 32)])
+    command = [FACEGATE, "gallery", "delete", "id-a", "--erase", "--yes",
+               "--config", str(config_file), "--json"]
+    env = {**os.environ, "STATE_DIRECTORY": str(tmp_path / "elsewhere")}
+    with Collector(broker.host, broker.port, ["facegate/unit-1/+/match"]) as collector:
+        assert collector.wait_subscribed()
+        with RecognitionService(config, detector=GatedDetector(blink=6),
+                                embedder=TinyEmbedder()) as service:
+            assert collector.wait_for(bool, 30)  # it runs, and matches the person
+            refused = subprocess.run(command, env=env, capture_output=True, text=True,
+                                     timeout=120, check=False)
+            with GalleryStore(config.gallery_path) as store:
+                still = [i.id for i in store.list_identities()]
+            service.request_stop("test over")
+    assert refused.returncode == 2, refused.stderr
+    assert f"the service is running (pid {os.getpid()})" in refused.stderr
+    assert "stop it" in refused.stderr and refused.stdout == ""
+    assert still == ["id-a"]
+    _, records = read_records(config.audit_path)
+    assert AuditKind.DELETE.value not in [r.kind for r in records]
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["identity_ids"] == ["id-a"] and out["audited"] is True
+    with GalleryStore(config.gallery_path) as store:
+        assert list(store.list_identities()) == []
+    _, records = read_records(config.audit_path)
+    assert [r.actor[:4] for r in records if r.kind == AuditKind.DELETE.value] == ["cli:"]
+    assert verify(config.audit_path).ok
+    with Outbox(config.mqtt.outbox_path) as outbox:
+        assert [r for r in outbox.pending() if r.identity_id == "id-a"] == []

@@ -13,7 +13,7 @@ import pytest
 
 from device.errors import ConfigError, PublishError
 from device.events.config import MqttConfig
-from device.events.mqtt import ConnectionState, Publisher
+from device.events.mqtt import ConnectionState, Publisher, PublisherStatus, health_payload
 from device.events.outbox import Outbox
 from device.events.schema import GALLERY_STATE_SCHEMA, format_timestamp
 from device.ops.localbroker import BrokerUser, LocalBroker
@@ -109,9 +109,10 @@ def test_health_is_periodic_and_reports_the_outbox(
 ) -> None:
     calls: list[int] = []
 
-    def provider() -> dict[str, Any]:
+    def provider(status: PublisherStatus) -> dict[str, Any]:
         calls.append(1)
-        return {"status": "ok", "cameras": {"front": {"state": "running", "fps": 9.5}}}
+        return health_payload(UNIT, {"status": "ok", "cameras": {
+            "front": {"state": "running", "fps": 9.5}}}, status)
 
     cfg = config(broker, tmp_path, health_interval_s=0.2, outbox_max_rows=3)
     outbox = Outbox(cfg.outbox_path, max_rows=3)
@@ -129,6 +130,28 @@ def test_health_is_periodic_and_reports_the_outbox(
         assert len(calls) >= 3
     finally:
         outbox.close()
+
+
+def test_an_ack_callback_runs_once_on_the_pubacks_time_after_the_row_left_the_outbox(
+    broker: LocalBroker, collector: Collector, tmp_path: Path
+) -> None:
+    acked: list[tuple[int, float, int]] = []
+    with Publisher(config(broker, tmp_path)) as publisher:
+        assert publisher.wait_for_state(ConnectionState.CONNECTED, timeout=10)
+        before = time.monotonic()
+        rows = []
+        for i in range(3):
+            rows.append(publisher.publish_match(
+                make_event(i),
+                on_ack=lambda at, i=i: acked.append((i, at, publisher.outbox.depth()))))
+        assert publisher.flush(10)  # returns once the callbacks ran
+        assert len(acked) == 3
+        after = time.monotonic()
+    assert sorted(i for i, _, _ in acked) == [0, 1, 2]
+    assert all(before <= at <= after for _, at, _ in acked)
+    # Called once the row is gone: the outbox never still holds the acked event.
+    assert all(depth <= 2 - n for n, (_, _, depth) in enumerate(acked))
+    assert len(collector.on(f"facegate/{UNIT}/front/match")) == 3
 
 
 def test_broker_outage_events_accumulate_then_arrive_in_order(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +29,26 @@ class FakePublisher:
     def __init__(self, outbox: Outbox, fail_match: bool = False) -> None:
         self.outbox = outbox
         self.fail_match = fail_match
-        self.state: list[tuple[str, Any]] = []
+        self.on_ack: dict[int, Callable[[float], None]] = {}
 
-    def publish_match(self, event: MatchEvent) -> int:
+    def publish_match(self, event: MatchEvent, *,
+                      on_ack: Callable[[float], None] | None = None) -> int:
         if self.fail_match:
             raise PublishError("disk full")
-        return self.outbox.put(f"facegate/{UNIT}/{event.camera}/match", event.encode(),
-                               identity_id=event.identity_id, event_id=event.event_id)
+        row = self.outbox.put(f"facegate/{UNIT}/{event.camera}/match", event.encode(),
+                              identity_id=event.identity_id, event_id=event.event_id)
+        if on_ack is not None:
+            self.on_ack[row] = on_ack
+        return row
+
+    def ack(self, row: int, at: float) -> None:
+        """What the real publisher does on the broker's PUBACK."""
+        self.outbox.ack(row)
+        self.on_ack.pop(row)(at)
 
     def publish_track_end(self, event: TrackEndEvent) -> int:
         return self.outbox.put(f"facegate/{UNIT}/{event.camera}/track_end", event.encode(),
                                identity_id=event.identity_id, event_id=event.event_id)
-
-    def publish_state(self, suffix: str, payload: Any) -> None:
-        self.state.append((suffix, payload))
 
 
 def _match(track: int = 3, identity: str = "id-a", arrival: float = 0.0) -> Match:
@@ -63,7 +70,7 @@ def _sink(parts: tuple[Outbox, AuditLog, PendingJournal], **kwargs: Any) -> Deci
     outbox, audit, journal = parts
     return DecisionSink(UNIT, FakePublisher(outbox, **kwargs), audit, journal,
                         threshold=Threshold(0.93, 1e-4, "config"), model_id="dlib-resnet-v1",
-                        latency=LatencyStats(), clock=lambda: 10.0)
+                        latency=LatencyStats(), checkpoint=lambda name: None)
 
 
 def _audited(audit: AuditLog) -> list[dict[str, object]]:
@@ -86,7 +93,6 @@ def test_a_match_is_audited_and_queued_and_leaves_no_journal(parts: Any) -> None
     assert record["gallery_version"] == 4
     assert journal.pending() == []
     assert sink.matches == 1 and sink.matches_by_camera == {"front": 1}
-    assert sink.publisher.state[-1][0] == "audit/head"  # type: ignore[attr-defined]
 
 
 def test_a_track_end_follows_its_match(parts: Any) -> None:
@@ -149,9 +155,26 @@ def test_an_acknowledged_event_gives_a_frame_to_ack_sample(parts: Any) -> None:
     sink.match(_match(arrival=9.75))
     sink.match(_match(track=4, arrival=9.5))
     assert sink.awaiting() == 2
-    assert sink.check_acks() == 0
-    outbox.ack(outbox.pending()[0].id)
-    assert sink.check_acks() == 1
+    assert "capture_to_ack" not in sink.latency.summary()
+    publisher: FakePublisher = sink.publisher  # type: ignore[assignment]
+    publisher.ack(outbox.pending()[0].id, at=10.0)  # the PUBACK's time
     stats = sink.latency.summary()["capture_to_ack"]
     assert stats.count == 1 and stats.p50 == pytest.approx(250.0)
     assert sink.awaiting() == 1
+
+
+def test_every_step_of_a_match_passes_a_named_checkpoint(parts: Any) -> None:
+    outbox, audit, journal = parts
+    seen: list[tuple[str, int, int, int]] = []
+
+    def checkpoint(name: str) -> None:  # what is on disk when each step starts
+        seen.append((name, len(journal.pending()), len(_audited(audit)),
+                     len(outbox.pending())))
+
+    sink = DecisionSink(UNIT, FakePublisher(outbox), audit, journal,
+                        threshold=Threshold(0.93, 1e-4, "config"), model_id="dlib-resnet-v1",
+                        latency=LatencyStats(), checkpoint=checkpoint)
+    sink.match(_match())
+    assert seen == [("sink.journal", 0, 0, 0), ("sink.audit", 1, 0, 0),
+                    ("sink.outbox", 1, 1, 0), ("sink.unjournal", 1, 1, 1)]
+    assert journal.pending() == []
