@@ -106,6 +106,15 @@ class PublisherStatus:
     acked: int
     outbox: OutboxStats
 
+    @property
+    def broker_down(self) -> bool:
+        """The broker cannot be reached or refuses the unit: events wait in the outbox."""
+        return self.state in (
+            ConnectionState.REFUSED,
+            ConnectionState.UNREACHABLE,
+            ConnectionState.DISCONNECTED,
+        )
+
     def mqtt_health(self) -> dict[str, Any]:
         """The ``mqtt`` section of the health payload."""
         return {
