@@ -243,3 +243,6 @@ def _print_state(state: GalleryState, floor: int, expires: object) -> None:
         click.echo(f"expires     {expires}")
     if state.message:
         click.echo(f"last        {state.message}")
+    refusal = state.last_refusal
+    if refusal is not None:
+        click.echo(f"refused     {refusal.message}")

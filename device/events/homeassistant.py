@@ -14,7 +14,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Final
 
-from device.events.topics import OFFLINE, ONLINE, Topics
+from device.events.topics import (
+    OFFLINE,
+    ONLINE,
+    Topics,
+    ha_birth_topic,
+    ha_sensor_config_topic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +75,10 @@ class Discovery:
     @property
     def birth_topic(self) -> str:
         """Where Home Assistant announces ``online`` after it starts."""
-        return f"{self.prefix}/status"
+        return ha_birth_topic(self.prefix)
 
     def config_topic(self, camera: str) -> str:
-        return f"{self.prefix}/sensor/facegate_{self.topics.unit}/{camera}_last_match/config"
+        return ha_sensor_config_topic(self.prefix, self.topics.unit, camera)
 
     def device(self) -> dict[str, Any]:
         block: dict[str, Any] = {

@@ -1,7 +1,7 @@
 """The MQTT publisher: outbox in, broker acknowledgements out.
 
-:class:`Publisher` owns a paho-mqtt v2 client (MQTT 5, QoS 1, ``connect_async`` +
-``loop_start``, reconnect backoff) and a sender thread:
+:class:`Publisher` owns a client of :mod:`device.events.client` (MQTT 5, QoS 1,
+reconnect backoff, one log line per outage and one per recovery) and a sender thread:
 
 * :meth:`Publisher.publish_match` validates and privacy-checks a
   :class:`~device.events.schema.MatchEvent`, commits it to the durable
@@ -17,8 +17,10 @@
   of each is remembered and republished on every (re)connect.
 
 A CONNACK with a failure reason code means *not connected*: the state becomes
-``refused``, the reason is logged (``broker refused credentials (Bad user name or
-password); retrying in 4 s``) and paho retries with backoff.
+``refused``, the client logs the reason (``broker refused credentials (Bad user name or
+password) ...; retrying in 4 s``) and paho retries with backoff. The status (and so
+health) always describes the connection as it is now: ``last_error`` is cleared on
+every successful connection.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 import enum
 import logging
 import math
-import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -36,13 +37,13 @@ from types import TracebackType
 from typing import Any, Final
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from device.errors import ConfigError, PublishError
-from device.events.config import MqttConfig, read_secret, resolve_credential
+from device.errors import PublishError
+from device.events.client import CREDENTIAL_REASONS, BrokerClient, Will, client_for
+from device.events.config import MqttConfig
 from device.events.homeassistant import Discovery, parse_birth
 from device.events.outbox import Outbox, OutboxStats
 from device.events.schema import (
@@ -58,9 +59,6 @@ from device.events.topics import OFFLINE, ONLINE, STATE_TOPICS, Topics
 
 logger = logging.getLogger(__name__)
 
-#: CONNACK reason codes that mean "your credentials are not accepted".
-CREDENTIAL_REASONS: Final = frozenset({0x86, 0x87, 0x8C})
-
 #: How long a row whose PUBACK carried a failure reason waits before it is resent.
 REJECT_HOLDOFF_S: Final = 5.0
 
@@ -73,8 +71,6 @@ MAX_ACK_CALLBACKS: Final = 4096
 
 #: Extra room in paho's own in-flight window for retained state messages.
 _STATE_HEADROOM: Final = 32
-
-_LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 
 #: Called once an event's row has left the outbox on the broker's PUBACK, with the
 #: monotonic time the PUBACK arrived.
@@ -118,6 +114,15 @@ class PublisherStatus:
     inflight: int
     acked: int
     outbox: OutboxStats
+
+    @property
+    def broker_down(self) -> bool:
+        """The broker cannot be reached or refuses the unit: events wait in the outbox."""
+        return self.state in (
+            ConnectionState.REFUSED,
+            ConnectionState.UNREACHABLE,
+            ConnectionState.DISCONNECTED,
+        )
 
     def mqtt_health(self) -> dict[str, Any]:
         """The ``mqtt`` section of the health payload."""
@@ -164,38 +169,6 @@ def health_payload(unit: str, pipeline: Mapping[str, Any], status: PublisherStat
         payload["mqtt"] = status.mqtt_health()
         payload["outbox"] = status.outbox_health(now)
     return payload
-
-
-class _Client(mqtt.Client):
-    """paho's client, also reporting *why* a connection attempt failed.
-
-    paho's loop catches the OSError of a failed attempt (refused, unreachable, TLS
-    verification) and only calls ``on_connect_fail`` without it; the override keeps
-    the exception so the log and health can say what went wrong.
-    """
-
-    def __init__(self, client_id: str, on_attempt_error: Callable[[OSError], None]) -> None:
-        super().__init__(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        self._facegate_attempt_error = on_attempt_error
-
-    def reconnect(self) -> MQTTErrorCode:
-        try:
-            return super().reconnect()
-        except OSError as exc:
-            self._facegate_attempt_error(exc)
-            raise
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate verification failed: {exc.verify_message or exc}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {exc.reason or exc}"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is the broker running?)"
-    if isinstance(exc, TimeoutError):
-        return "connection timed out"
-    return f"{type(exc).__name__}: {exc}"
 
 
 class Publisher:
@@ -245,14 +218,12 @@ class Publisher:
             if config.home_assistant.enabled
             else None
         )
-        self._client: _Client | None = None
+        self._client: BrokerClient | None = None
         self._sender: threading.Thread | None = None
         self._cond = threading.Condition()
         # Everything below is guarded by self._cond.
         self._state = ConnectionState.STOPPED
         self._last_error: str | None = None
-        self._attempt_error: OSError | None = None
-        self._paho_error: str | None = None  # paho's last error log line
         self._connected_since: float | None = None
         self._connects = 0
         self._failures = 0
@@ -304,57 +275,23 @@ class Publisher:
             self._address.port,
             self._outbox.path,
         )
-        client.connect_async(self._address.host, self._address.port, self.config.keepalive)
-        client.loop_start()
+        client.start(self.config.keepalive)
         self._sender = threading.Thread(target=self._run_sender, name="mqtt-sender", daemon=True)
         self._sender.start()
 
-    def _make_client(self) -> _Client:
+    def _make_client(self) -> BrokerClient:
         cfg = self.config
-        client = _Client(cfg.effective_client_id, self._on_attempt_error)
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
-        if cfg.username:
-            password = (
-                read_secret(cfg.password_file, "MQTT password", self._env)
-                if cfg.password_file
-                else None
-            )
-            if password and not self._address.tls and self._address.host not in _LOOPBACK:
-                logger.warning("the MQTT password is sent unencrypted; use an mqtts:// url")
-            client.username_pw_set(cfg.username, password)
-        if self._address.tls:
-            keyfile = resolve_credential(cfg.key_file, self._env) if cfg.key_file else None
-            try:
-                client.tls_set(
-                    ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-                    certfile=str(cfg.cert_file) if cfg.cert_file else None,
-                    keyfile=str(keyfile) if keyfile else None,
-                    cert_reqs=ssl.CERT_REQUIRED,
-                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
-                )
-            except (OSError, ValueError) as exc:
-                raise ConfigError(
-                    f"cannot load TLS files (ca_file={cfg.ca_file}, cert_file={cfg.cert_file}, "
-                    f"key_file={keyfile}): {exc}"
-                ) from exc
-        client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
-        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        client = client_for(cfg, name="event publisher", env=self._env,
+                            will=Will(self.topics.status, OFFLINE))
         client.max_inflight_messages_set(cfg.max_inflight + _STATE_HEADROOM)
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
+        client.after_connect = self._on_connect
+        client.after_connect_fail = self._on_connect_fail
+        client.after_disconnect = self._on_disconnect
+        client.after_message = self._on_message
         client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        client.on_log = self._on_log
         if self._discovery is not None:
-            client.message_callback_add(self._discovery.birth_topic, self._on_birth)
+            client.route(self._discovery.birth_topic, self._on_birth)
         return client
-
-    @staticmethod
-    def _quiet_disconnect(record: logging.LogRecord) -> bool:
-        """Drop paho's "Client is not connected" error from its network thread's last pass
-        after our own disconnect(): expected at shutdown, alarming in a journal."""
-        return "not connected" not in record.getMessage()
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush what can be flushed within ``timeout``, say ``offline``, disconnect.
@@ -384,13 +321,7 @@ class Publisher:
                 except (RuntimeError, ValueError) as exc:
                     # The connection went away meanwhile: the last will says offline.
                     logger.info("could not say offline before disconnecting: %s", exc)
-            paho_logger = logging.getLogger(f"{__name__}.paho")
-            paho_logger.addFilter(self._quiet_disconnect)
-            try:
-                client.disconnect()
-                client.loop_stop()
-            finally:
-                paho_logger.removeFilter(self._quiet_disconnect)
+            client.stop()
             self._apply_acks()
         with self._cond:
             self._state = ConnectionState.CLOSED
@@ -579,37 +510,20 @@ class Publisher:
             self._retry_delay = min(self._retry_delay * 2, cfg.reconnect_max_s)
         return self._retry_delay
 
-    def _on_attempt_error(self, exc: OSError) -> None:
-        with self._cond:
-            self._attempt_error = exc
-
-    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
-        # paho also logs through enable_logger(); this keeps the text for health.
-        if level == mqtt.MQTT_LOG_ERR:
-            with self._cond:
-                self._paho_error = text[:300]
-
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # The client logs the outage; this keeps the state for health.
         with self._cond:
             if self._closed:
                 return
-            exc, self._attempt_error = self._attempt_error, None
-            reason = _describe(exc) if exc is not None else "unknown error"
             self._failures += 1
             self._state = ConnectionState.UNREACHABLE
-            self._last_error = f"cannot reach broker: {reason}"
-            delay = self._advance_delay()
-            failures = self._failures
+            self._last_error = self._client_failure() or "cannot reach broker"
+            self._advance_delay()
             self._cond.notify_all()
-        log = logger.warning if failures <= 3 or failures % 10 == 0 else logger.debug
-        log(
-            "cannot reach broker %s:%d (%s); retrying in %d s (attempt %d)",
-            self._address.host,
-            self._address.port,
-            reason,
-            delay,
-            failures,
-        )
+
+    def _client_failure(self) -> str | None:
+        client = self._client
+        return None if client is None else client.last_failure
 
     def _on_connect(
         self,
@@ -620,23 +534,15 @@ class Publisher:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            with self._cond:
+            with self._cond:  # the client logged it
                 self._failures += 1
                 self._state = ConnectionState.REFUSED
-                delay = self._advance_delay()
+                self._advance_delay()
                 if reason_code.value in CREDENTIAL_REASONS:
                     self._last_error = f"broker refused credentials ({reason_code.getName()})"
                 else:
                     self._last_error = f"broker refused the connection ({reason_code.getName()})"
-                message = self._last_error
                 self._cond.notify_all()
-            logger.error(
-                "%s for client %s user %r; retrying in %d s",
-                message,
-                self.config.effective_client_id,
-                self.config.username,
-                delay,
-            )
             return
         with self._cond:
             self._state = ConnectionState.CONNECTED
@@ -644,18 +550,12 @@ class Publisher:
             self._connects += 1
             self._failures = 0
             self._retry_delay = None
-            self._paho_error = None
+            self._last_error = None  # health reports the current condition
             self._wake = True
             self._hold_until = 0.0  # a new connection may come with new permissions
             self._health_due = 0.0
             retained = list(self._retained.items())
             self._cond.notify_all()
-        logger.info(
-            "connected to broker %s:%d (session present: %s)",
-            self._address.host,
-            self._address.port,
-            flags.session_present,
-        )
         self._publish_raw(self.topics.status, ONLINE.encode(), retain=True)
         for topic, data in retained:
             self._publish_raw(topic, data, retain=True)
@@ -680,31 +580,21 @@ class Publisher:
                 return
             if was is ConnectionState.REFUSED:
                 return  # a refused CONNACK: on_connect already said why
+            # The client logged it (once per outage); this keeps the state for health.
             if was is ConnectionState.CONNECTED:
                 self._state = ConnectionState.DISCONNECTED
                 self._last_error = f"connection lost ({reason_code.getName()})"
-                message = (
-                    f"lost connection to broker ({reason_code.getName()}); "
-                    f"{len(self._inflight)} event(s) in flight will be resent"
-                )
+                if self._inflight:
+                    logger.debug("%d event(s) in flight will be resent after reconnecting",
+                                len(self._inflight))
             else:
-                # Closed before CONNACK: TLS 1.3, for one, reports a missing or rejected
-                # client certificate only after the handshake, on the first read.
+                # Closed before CONNACK (TLS 1.3 reports a rejected client certificate
+                # only after the handshake).
                 self._failures += 1
                 self._state = ConnectionState.UNREACHABLE
-                detail = self._paho_error or reason_code.getName()
-                self._last_error = f"connection closed before the broker accepted it ({detail})"
-                message = self._last_error
-            delay = self._advance_delay()
-            failures = self._failures
-        log = logger.warning if failures <= 3 or failures % 10 == 0 else logger.debug
-        log(
-            "%s (broker %s:%d); retrying in %d s",
-            message,
-            self._address.host,
-            self._address.port,
-            delay,
-        )
+                self._last_error = self._client_failure() or (
+                    f"connection closed before the broker accepted it ({reason_code.getName()})")
+            self._advance_delay()
 
     def _on_publish(
         self,

@@ -1,14 +1,34 @@
-"""The topic tree of one unit: ``facegate/<unit>/...``."""
+"""Every MQTT topic a unit publishes or subscribes to, in one place.
+
+Per unit (``facegate/<unit>/...``)::
+
+    status                        retained online/offline (the last will says offline)
+    <camera>/match                match events
+    <camera>/track_end            track-end updates
+    health                        retained health
+    gallery/state                 retained gallery state (and the last refused bundle)
+    audit/head                    retained audit head
+    review                        reserved: review requests of a console
+    gallery/manifest              per-unit gallery manifest override (subscribed)
+    gallery/v<N>/chunk/<i>        its payload chunks (subscribed)
+
+For the fleet: ``facegate/fleet/gallery/manifest`` and ``facegate/fleet/gallery/v<N>/chunk/<i>``.
+Home Assistant: ``<prefix>/status`` (its birth message, subscribed) and
+``<prefix>/sensor/facegate_<unit>/<camera>_last_match/config`` (discovery, retained).
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
-from device.errors import PublishError
+from device.errors import ConfigError, PublishError
 from device.events.schema import GALLERY_STATE_SCHEMA, HEALTH_SCHEMA, is_valid_id
 
 ROOT: Final = "facegate"
+#: The topic level that addresses every unit (gallery bundles for the fleet).
+FLEET: Final = "fleet"
 
 #: Retained state topics (below ``facegate/<unit>/``) and the schema their payload
 #: must match; None means the privacy guard only (the audit module owns that format).
@@ -20,6 +40,10 @@ STATE_TOPICS: Final[dict[str, str | None]] = {
 
 ONLINE: Final = "online"
 OFFLINE: Final = "offline"
+
+_CHUNK_RE: Final = re.compile(
+    rf"{ROOT}/([A-Za-z0-9][A-Za-z0-9_-]{{0,63}})/gallery/v(\d{{1,16}})/chunk/(\d{{1,7}})"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +65,11 @@ class Topics:
         return f"{ROOT}/{self.unit}"
 
     @property
+    def everything(self) -> str:
+        """``facegate/<unit>/#``: a subscription to all of the unit's topics."""
+        return f"{self.base}/#"
+
+    @property
     def status(self) -> str:
         """Retained ``online``; the last will sets it to ``offline``."""
         return f"{self.base}/status"
@@ -56,6 +85,11 @@ class Topics:
     @property
     def audit_head(self) -> str:
         return f"{self.base}/audit/head"
+
+    @property
+    def review(self) -> str:
+        """Reserved for a console's review requests to the unit."""
+        return f"{self.base}/review"
 
     def match(self, camera: str) -> str:
         """``facegate/<unit>/<camera>/match``.
@@ -86,3 +120,54 @@ class Topics:
         if suffix not in STATE_TOPICS:
             raise PublishError(f"unknown state topic {suffix!r}; known: {sorted(STATE_TOPICS)}")
         return f"{self.base}/{suffix}"
+
+
+# ------------------------------------------------------------------ gallery sync
+
+
+def gallery_base(unit: str | None = None) -> str:
+    """``facegate/fleet/gallery`` or ``facegate/<unit>/gallery``.
+
+    Raises:
+        ConfigError: ``unit`` is not a valid topic level, or is ``fleet``.
+    """
+    if unit is None:
+        return f"{ROOT}/{FLEET}/gallery"
+    if not is_valid_id(unit) or unit == FLEET:
+        raise ConfigError(f"unit id {unit!r} cannot be used as a topic level here")
+    return f"{ROOT}/{unit}/gallery"
+
+
+def manifest_topic(unit: str | None = None) -> str:
+    """The manifest topic of the fleet (``unit`` None) or of one unit.
+
+    Raises:
+        ConfigError: As :func:`gallery_base`.
+    """
+    return f"{gallery_base(unit)}/manifest"
+
+
+def chunk_topic(base: str, version: int, index: int) -> str:
+    """``<base>/v<version>/chunk/<index>``."""
+    return f"{base}/v{version}/chunk/{index}"
+
+
+def parse_chunk_topic(topic: str) -> tuple[str, int, int] | None:
+    """``(base, version, index)`` of a chunk topic; None for anything else."""
+    match = _CHUNK_RE.fullmatch(topic)
+    if match is None:
+        return None
+    return f"{ROOT}/{match.group(1)}/gallery", int(match.group(2)), int(match.group(3))
+
+
+# ------------------------------------------------------------------ Home Assistant
+
+
+def ha_birth_topic(prefix: str) -> str:
+    """Where Home Assistant announces ``online`` after it starts: ``<prefix>/status``."""
+    return f"{prefix}/status"
+
+
+def ha_sensor_config_topic(prefix: str, unit: str, camera: str) -> str:
+    """The retained discovery config of one camera's last-match sensor."""
+    return f"{prefix}/sensor/facegate_{unit}/{camera}_last_match/config"

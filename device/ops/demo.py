@@ -43,12 +43,13 @@ from typing import Any
 import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from device.config import validate_mapping
 from device.enroll.enroll import EnrollmentReport, IdentityRequest, commit, examine, plan
 from device.errors import ConfigError, DeviceError, PublishError
+from device.events.client import BrokerLogin, make_client
 from device.events.schema import MATCH_SCHEMA, TRACK_END_SCHEMA
+from device.events.topics import Topics
 from device.gallery.records import NewIdentity
 from device.service.config import FacegateConfig
 from device.types import Detection, Image
@@ -307,23 +308,21 @@ class EventSubscriber:
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self._error: str | None = None
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        if parts.scheme == "mqtts":
-            self.client.tls_set()
-        if parts.username:
-            self.client.username_pw_set(parts.username, parts.password)
-        self.client.on_connect = self._connected
-        self.client.on_subscribe = self._subscribed_cb
-        self.client.on_message = self._message
         port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-        self.client.connect_async(parts.hostname, port, keepalive=30)
-        self.client.loop_start()
+        login = BrokerLogin(f"{parts.scheme}://{parts.hostname}:{port}", parts.username,
+                            parts.password)
+        self.topics = Topics(unit)
+        self.client = make_client(login, "", name="demo subscriber")
+        self.client.after_connect = self._connected
+        self.client.on_subscribe = self._subscribed_cb
+        self.client.after_message = self._message
+        self.client.start(keepalive=30)
 
     def _connected(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc.is_failure:
             self._error = str(rc)
             return
-        client.subscribe(f"facegate/{self.unit}/#", qos=1)
+        client.subscribe(self.topics.everything, qos=1)
 
     def _subscribed_cb(self, client: Any, userdata: Any, mid: Any, rcs: Any,
                        props: Any) -> None:
@@ -360,8 +359,7 @@ class EventSubscriber:
                 timeout)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.client.stop()
 
 
 def prepare_workdir(workdir: Path | None) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:

@@ -556,41 +556,30 @@ def try_connect(config: FacegateConfig, options: DoctorOptions) -> ConnectOutcom
     The client id is the service's with ``-doctor`` appended, so the check does not
     take over the running service's session.
     """
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
+    from device.events.client import BrokerLogin, make_client
     from device.events.config import read_secret, resolve_credential
 
     cfg = config.mqtt
     address = cfg.address
     env = options.environ()
     creds_hint = _credentials_hint(options)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                         client_id=f"{cfg.effective_client_id}-doctor"[:64],
-                         protocol=mqtt.MQTTv5)
+    password = None
+    if cfg.username and cfg.password_file:
+        try:
+            password = read_secret(cfg.password_file, "MQTT password", env)
+        except ConfigError as exc:
+            return ConnectOutcome(False, f"cannot read the MQTT password: {exc}", creds_hint)
+    try:
+        keyfile = resolve_credential(cfg.key_file, env) if cfg.key_file else None
+        client = make_client(
+            BrokerLogin(cfg.url, cfg.username, password, cfg.ca_file, cfg.cert_file, keyfile),
+            f"{cfg.effective_client_id}-doctor", name="doctor")
+    except (ConfigError, OSError, ValueError) as exc:
+        return ConnectOutcome(False, f"cannot load the TLS files: {exc}",
+                              "check [mqtt] ca_file/cert_file and the tls-key.pem "
+                              f"credential; {creds_hint}")
     client.connect_timeout = options.broker_timeout_s
     try:
-        if cfg.username:
-            password = None
-            if cfg.password_file:
-                try:
-                    password = read_secret(cfg.password_file, "MQTT password", env)
-                except ConfigError as exc:
-                    return ConnectOutcome(False, f"cannot read the MQTT password: {exc}",
-                                          creds_hint)
-            client.username_pw_set(cfg.username, password)
-        if address.tls:
-            try:
-                keyfile = resolve_credential(cfg.key_file, env) if cfg.key_file else None
-                client.tls_set(ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-                               certfile=str(cfg.cert_file) if cfg.cert_file else None,
-                               keyfile=str(keyfile) if keyfile else None,
-                               cert_reqs=ssl.CERT_REQUIRED,
-                               tls_version=ssl.PROTOCOL_TLS_CLIENT)
-            except (ConfigError, OSError, ValueError) as exc:
-                return ConnectOutcome(False, f"cannot load the TLS files: {exc}",
-                                      "check [mqtt] ca_file/cert_file and the tls-key.pem "
-                                      f"credential; {creds_hint}")
         return _connect(client, address.host, address.port, options.broker_timeout_s)
     finally:
         client.disconnect()
@@ -614,7 +603,7 @@ def _connect(client: Any, host: str, port: int, timeout_s: float) -> ConnectOutc
                    properties: Any) -> None:
         answer["reason"] = reason
 
-    client.on_connect = on_connect
+    client.after_connect = on_connect
     started = time.monotonic()
     try:
         client.connect(host, port, keepalive=max(10, int(timeout_s) * 2))

@@ -543,8 +543,9 @@ class RecognitionService:
         }
         if self._worker_error or (states and all(s == "failed" for s in states)):
             status = "error"
-        elif any(s in ("failed", "stalled") for s in states) or self._errors:
-            status = "degraded"
+        elif (any(s in ("failed", "stalled") for s in states) or self._errors
+              or (self._publisher is not None and self._publisher.status().broker_down)):
+            status = "degraded"  # a broker outage too: the unit's events are not delivered
         else:
             status = "ok"
         gallery = gallery_version(self._gallery) if self._gallery else None

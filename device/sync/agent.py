@@ -1,7 +1,7 @@
 """The unit's sync service: MQTT in, verified galleries and state reports out.
 
 :class:`SyncAgent` subscribes to the fleet manifest topic and the unit's override
-topic (see :mod:`device.sync.mqtt`). For each manifest it receives:
+topic (see :mod:`device.events.topics`). For each manifest it receives:
 
 1. :meth:`GallerySync.examine` parses it under the size cap, verifies the
    signatures and vets it (expiry, unit, model, version, delta base, payload cap)
@@ -35,35 +35,32 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Protocol, Self
+from typing import Any, Protocol, Self
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device.errors import PublishError, SyncError
-from device.events.config import MqttConfig, read_secret, resolve_credential
+from device.events.client import BrokerClient, client_for
+from device.events.config import MqttConfig
 from device.events.schema import GALLERY_STATE_SCHEMA, prepare
-from device.events.topics import Topics
-from device.sync.apply import ApplyResult, GallerySync
-from device.sync.config import SyncConfig
-from device.sync.manifest import MAX_CHUNK_SIZE, Manifest
-from device.sync.mqtt import (
-    BrokerLogin,
+from device.events.topics import (
+    Topics,
     chunk_topic,
     gallery_base,
-    make_client,
     manifest_topic,
     parse_chunk_topic,
 )
+from device.sync.apply import ApplyResult, GallerySync
+from device.sync.config import SyncConfig
+from device.sync.manifest import MAX_CHUNK_SIZE, Manifest
+from device.sync.mqtt import PACKET_HEADROOM
 from device.sync.reasons import SyncRefusedError
 from device.sync.state import GalleryState
 from device.sync.transport import ChunkStore, PartialPayload
 
 logger = logging.getLogger(__name__)
-
-_PACKET_HEADROOM: Final = 64 * 1024
 
 
 class StatePublisher(Protocol):
@@ -157,7 +154,7 @@ class SyncAgent:
         self._expiry_at: float | None = None
         self._expiry_reported: float | None = None
         self._connected = False
-        self._client: mqtt.Client | None = None
+        self._client: BrokerClient | None = None
         self._worker: threading.Thread | None = None
         sync.on_state = self._on_state
 
@@ -178,32 +175,19 @@ class SyncAgent:
         self.sync.recover()
         self._on_state(self.sync.status())
         self._watch_expiry()
-        client, address = make_client(self._login(), f"{self.mqtt_config.effective_client_id}"
-                                      "-sync")
-        client.on_connect = self._on_connect
-        client.on_message = self._on_message
-        client.on_disconnect = self._on_disconnect
-        client.reconnect_delay_set(self.mqtt_config.reconnect_min_s,
-                                   self.mqtt_config.reconnect_max_s)
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.MaximumPacketSize = max(MAX_CHUNK_SIZE, self.config.max_manifest_bytes) + (
-            _PACKET_HEADROOM)
+        client = client_for(
+            self.mqtt_config, name="sync agent", suffix="-sync", env=self._env,
+            max_packet_bytes=max(MAX_CHUNK_SIZE, self.config.max_manifest_bytes) + PACKET_HEADROOM)
+        client.after_connect = self._on_connect
+        client.after_disconnect = self._on_disconnect
+        client.after_message = self._on_message
         with self._cond:
             self._client = client
-        client.connect_async(address.host, address.port, self.mqtt_config.keepalive,
-                             clean_start=True, properties=props)
-        client.loop_start()
+        client.start(self.mqtt_config.keepalive, clean_start=True)
         self._worker = threading.Thread(target=self._run, name="gallery-sync", daemon=True)
         self._worker.start()
         logger.info("gallery sync agent for unit %s listening on %s", self.unit,
                     ", ".join(self._manifest_topics))
-
-    def _login(self) -> BrokerLogin:
-        cfg = self.mqtt_config
-        password = (read_secret(cfg.password_file, "MQTT password", self._env)
-                    if cfg.password_file else None)
-        key = resolve_credential(cfg.key_file, self._env) if cfg.key_file else None
-        return BrokerLogin(cfg.url, cfg.username, password, cfg.ca_file, cfg.cert_file, key)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the worker (after the apply in progress, if any) and disconnect. Idempotent."""
@@ -216,8 +200,7 @@ class SyncAgent:
             if self._worker.is_alive():
                 logger.warning("gallery sync worker still busy after %.0f s", timeout)
         if client is not None:
-            client.disconnect()
-            client.loop_stop()
+            client.stop()
 
     def __enter__(self) -> Self:
         self.start()
@@ -276,9 +259,7 @@ class SyncAgent:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
                     reason_code: ReasonCode, properties: Properties | None) -> None:
         if reason_code.is_failure:
-            logger.error("broker refused the sync agent (%s); retrying",
-                         reason_code.getName())
-            return
+            return  # the client logged it
         with self._cond:
             self._connected = True
             state = self._last_state if self._state_publisher is None else None
@@ -290,15 +271,11 @@ class SyncAgent:
                               for i in resubscribe])
         if state is not None:
             client.publish(self._topics.gallery_state, state, qos=1, retain=True)
-        logger.info("sync agent connected")
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
                        reason_code: ReasonCode, properties: Properties | None) -> None:
-        with self._cond:
+        with self._cond:  # the client logs the outage
             self._connected = False
-        if not self._stop:
-            logger.warning("sync agent lost the broker (%s); reconnecting",
-                           reason_code.getName())
 
     def _on_message(self, client: mqtt.Client, userdata: Any,
                     message: mqtt.MQTTMessage) -> None:

@@ -44,6 +44,8 @@ from device.sync.layout import (
     GalleryLayout,
     LiveInfo,
     RecoverReport,
+    Refusal,
+    SyncRecord,
 )
 from device.sync.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest, verify
 from device.sync.payload import check_full, materialize_delta
@@ -415,7 +417,8 @@ class GallerySync:
         previous = live.version if live else 0
         self._report(GalleryState.of(live, outcome="applying", status="syncing", reason=None,
                                      message=f"applying version {manifest.version}",
-                                     model_id=self.policy.model_id, now=self._clock()))
+                                     model_id=self.policy.model_id, now=self._clock(),
+                                     last_refusal=self.layout.read_record().refusal))
         build = self.layout.versions / f"v{manifest.version}.tmp"
         try:
             stage = self.staging_dir(manifest)
@@ -500,7 +503,8 @@ class GallerySync:
         logger.info("gallery version %d -> %d applied (%s, %d identities)", previous,
                     manifest.version, manifest.digest[:16], manifest.identities)
         state = GalleryState.of(now_live, outcome="ok", status="active", reason=None,
-                                message=None, model_id=self.policy.model_id, now=self._clock())
+                                message=None, model_id=self.policy.model_id, now=self._clock(),
+                                last_refusal=record.refusal)
         self._report(state)
         return ApplyResult("ok", manifest.version, previous, manifest.digest, None, None, state)
 
@@ -558,7 +562,8 @@ class GallerySync:
 
     def _report_current(self, live: LiveInfo | None) -> ApplyResult:
         state = GalleryState.of(live, outcome="current", status="active", reason=None,
-                                message=None, model_id=self.policy.model_id, now=self._clock())
+                                message=None, model_id=self.policy.model_id, now=self._clock(),
+                                last_refusal=self.layout.read_record().refusal)
         self._report(state)
         version = live.version if live else 0
         return ApplyResult("current", version, version, live.digest if live else None, None,
@@ -592,23 +597,37 @@ class GallerySync:
             logger.error("cannot record the sync failure: %s", exc)
         return True
 
+    def _remember_refusal(self, refusal: Refusal) -> bool:
+        """Store the last refusal (the live gallery's state stays); False when it repeats."""
+        record = self.layout.read_record()
+        last = record.refusal
+        if last is not None and (last.reason, last.message) == (refusal.reason, refusal.message):
+            return False
+        try:
+            self.layout.write_record(replace(record, refusal=refusal))
+        except OSError as exc:
+            logger.error("cannot record the sync refusal: %s", exc)
+        return True
+
     def _refused(self, exc: SyncRefusedError, manifest: Manifest | None,
                  live: LiveInfo | None) -> ApplyResult:
         message = str(exc)
         version = live.version if live else 0
         logger.warning("gallery bundle%s refused: %s",
                        f" version {manifest.version}" if manifest else "", message)
-        if self._may_record(manifest) and self._remember(
-                "failed", exc.reason.value, message) and self.audit is not None:
+        refusal = Refusal(exc.reason.value, message, manifest.version if manifest else None,
+                          manifest.digest if manifest else None, self._clock())
+        if self._may_record(manifest) and self._remember_refusal(
+                refusal) and self.audit is not None:
             try:
                 self.audit.record_sync_refused(
                     to_version=manifest.version if manifest else None,
                     bundle_sha256=manifest.digest if manifest else None, reason=message)
             except AuditError as err:
                 logger.error("cannot audit the refusal: %s", err)
-        state = GalleryState.of(live, outcome="refused", status="failed",
-                                reason=exc.reason.value, message=message,
-                                model_id=self.policy.model_id, now=self._clock())
+        state = replace(state_of_record(self.layout.read_record(), live,
+                                        model_id=self.policy.model_id, now=self._clock()),
+                        outcome="refused", last_refusal=refusal)
         self._report(state)
         return ApplyResult("refused", version, version, manifest.digest if manifest else None,
                            exc.reason.value, message, state)
@@ -622,7 +641,8 @@ class GallerySync:
         self._remember("failed", kind, message)
         state = GalleryState.of(live, outcome="error", status="failed", reason=kind,
                                 message=message, model_id=self.policy.model_id,
-                                now=self._clock())
+                                now=self._clock(),
+                                last_refusal=self.layout.read_record().refusal)
         self._report(state)
         return ApplyResult("error", version, version, manifest.digest if manifest else None,
                            kind, message, state)
@@ -654,15 +674,21 @@ def read_status(layout: GalleryLayout, *, model_id: str | None = None,
         live = layout.live_info()
     except OSError as exc:
         raise SyncError(str(exc)) from exc
-    outcome: Outcome = "ok"
-    if record.status == "failed":
-        outcome = "refused" if (record.message or "").startswith("refused") else "error"
+    return state_of_record(record, live, model_id=model_id, now=record.updated_at or clock())
+
+
+def state_of_record(record: SyncRecord, live: LiveInfo | None, *, model_id: str | None,
+                    now: float) -> GalleryState:
+    """The state of the live gallery ``live`` as ``record`` last described it."""
+    outcome: Outcome = "error" if record.status == "failed" else "ok"
     status = record.status if record.status != "syncing" else "active"
     if live is not None and status == "empty":
         status = "active"
-    return GalleryState.of(live, outcome=outcome, status=status, reason=record.reason,
-                           message=record.message, model_id=model_id,
-                           now=record.updated_at or clock())
+    failed = status == "failed"
+    return GalleryState.of(live, outcome=outcome, status=status,
+                           reason=record.reason if failed else None,
+                           message=record.message if failed else None, model_id=model_id,
+                           now=now, last_refusal=record.refusal)
 
 
 def _iso(ts: float) -> str:

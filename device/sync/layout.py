@@ -93,6 +93,42 @@ class LiveInfo:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """The last bundle the unit refused; it says nothing about the live gallery.
+
+    Attributes:
+        reason: The refusal code.
+        message: Sentence for a person (``refused (<reason>): <detail>``).
+        version: The refused bundle's version, when its manifest could be read.
+        bundle_sha256: Its digest, likewise.
+        at: When it was refused, seconds since the epoch.
+    """
+
+    reason: str
+    message: str
+    version: int | None
+    bundle_sha256: str | None
+    at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": self.reason, "message": self.message, "version": self.version,
+                "bundle_sha256": self.bundle_sha256, "at": self.at}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Refusal:
+        """Parse; raises ValueError/TypeError/KeyError on anything unexpected."""
+        if not isinstance(obj, dict):
+            raise TypeError("refusal is not an object")
+        version = obj["version"]
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            raise ValueError("bad refusal version")
+        digest = obj["bundle_sha256"]
+        if digest is not None and not isinstance(digest, str):
+            raise ValueError("bad refusal digest")
+        return cls(str(obj["reason"]), str(obj["message"]), version, digest, float(obj["at"]))
+
+
+@dataclass(frozen=True)
 class SyncRecord:
     """The content of ``sync_state.json``.
 
@@ -101,10 +137,11 @@ class SyncRecord:
         clock_floor: ``created`` of the newest applied manifest: the unit's clock is
             never trusted to be earlier (a Pi without a real-time clock may boot in
             1970, which would make every expired manifest look fresh).
-        status: Last reported state.
-        reason: Refusal or error code of the last failure, if the last outcome failed.
+        status: Last reported state of the live gallery.
+        reason: Error code of the last failure, if the last outcome failed.
         message: Sentence for a person about the last outcome.
         updated_at: When this record was written.
+        refusal: The last refused bundle, if any (it leaves ``status`` alone).
     """
 
     floor: int = 0
@@ -113,11 +150,13 @@ class SyncRecord:
     reason: str | None = None
     message: str | None = None
     updated_at: float = 0.0
+    refusal: Refusal | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"format": STATE_FORMAT, "floor": self.floor, "clock_floor": self.clock_floor,
                 "status": self.status, "reason": self.reason, "message": self.message,
-                "updated_at": self.updated_at}
+                "updated_at": self.updated_at,
+                "refusal": None if self.refusal is None else self.refusal.to_json()}
 
     @classmethod
     def from_json(cls, obj: Any) -> SyncRecord:
@@ -130,8 +169,13 @@ class SyncRecord:
         floor = obj["floor"]
         if isinstance(floor, bool) or not isinstance(floor, int) or floor < 0:
             raise ValueError("bad floor")
-        return cls(floor, float(obj["clock_floor"]), status, obj.get("reason"),
-                   obj.get("message"), float(obj["updated_at"]))
+        refusal = None if obj.get("refusal") is None else Refusal.from_json(obj["refusal"])
+        reason, message, updated = obj.get("reason"), obj.get("message"), float(obj["updated_at"])
+        if status == "failed" and refusal is None and str(message).startswith("refused ("):
+            # Written before refusals had their own place: a refusal left the gallery as it was.
+            refusal = Refusal(str(reason), str(message), None, None, updated)
+            status, reason, message = "active", None, None
+        return cls(floor, float(obj["clock_floor"]), status, reason, message, updated, refusal)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Gallery bundles over MQTT: topics, client set-up, and publishing a bundle.
+"""Gallery bundles over MQTT: publishing a bundle (topics in :mod:`device.events.topics`).
 
 Topics (all retained, QoS 1)::
 
@@ -15,128 +15,32 @@ into a newer one (and every chunk is checked against its signed hash anyway).
 from __future__ import annotations
 
 import logging
-import re
-import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from device.errors import ConfigError, SyncError
-from device.events.config import BrokerAddress
-from device.events.schema import is_valid_id
+from device.errors import SyncError
+from device.events.client import BrokerLogin, make_client
+from device.events.topics import (
+    FLEET,
+    ROOT,
+    chunk_topic,
+    gallery_base,
+    manifest_topic,
+    parse_chunk_topic,
+)
 from device.sync.bundle import read_bundle
+from device.sync.manifest import MAX_CHUNK_SIZE, MAX_MANIFEST_BYTES
 
 logger = logging.getLogger(__name__)
 
-ROOT: Final = "facegate"
-FLEET: Final = "fleet"
-_CHUNK_RE: Final = re.compile(
-    r"facegate/([A-Za-z0-9][A-Za-z0-9_-]{0,63})/gallery/v(\d{1,16})/chunk/(\d{1,7})")
-
-
-def gallery_base(unit: str | None = None) -> str:
-    """``facegate/fleet/gallery`` or ``facegate/<unit>/gallery``.
-
-    Raises:
-        ConfigError: ``unit`` is not a valid topic level, or is ``fleet``.
-    """
-    if unit is None:
-        return f"{ROOT}/{FLEET}/gallery"
-    if not is_valid_id(unit) or unit == FLEET:
-        raise ConfigError(f"unit id {unit!r} cannot be used as a topic level here")
-    return f"{ROOT}/{unit}/gallery"
-
-
-def manifest_topic(unit: str | None = None) -> str:
-    """The manifest topic of the fleet (``unit`` None) or of one unit.
-
-    Raises:
-        ConfigError: As :func:`gallery_base`.
-    """
-    return f"{gallery_base(unit)}/manifest"
-
-
-def chunk_topic(base: str, version: int, index: int) -> str:
-    """``<base>/v<version>/chunk/<index>``."""
-    return f"{base}/v{version}/chunk/{index}"
-
-
-def parse_chunk_topic(topic: str) -> tuple[str, int, int] | None:
-    """``(base, version, index)`` of a chunk topic; None for anything else."""
-    match = _CHUNK_RE.fullmatch(topic)
-    if match is None:
-        return None
-    return f"{ROOT}/{match.group(1)}/gallery", int(match.group(2)), int(match.group(3))
-
-
-@dataclass(frozen=True)
-class BrokerLogin:
-    """How to reach and log in to a broker.
-
-    Attributes:
-        url: ``mqtt://host[:port]`` or ``mqtts://host[:port]``.
-        username: MQTT username, if any.
-        password: Its password, if any.
-        ca_file: CA bundle for TLS; system CAs when None.
-        cert_file: Client certificate for mutual TLS.
-        key_file: Its key.
-    """
-
-    url: str
-    username: str | None = None
-    password: str | None = None
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-
-class _AfterDisconnect(logging.Filter):
-    """Drop paho 2.2's spurious ERROR "Client is not connected" after our own disconnect.
-
-    paho's network thread runs one more loop iteration after ``disconnect()`` has
-    closed the socket and logs this at ERROR; a real connection loss is reported by
-    ``on_disconnect`` instead.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno == logging.ERROR
-                    and str(record.msg).startswith("Client is not connected."))
-
-
-def make_client(login: BrokerLogin, client_id: str) -> tuple[mqtt.Client, BrokerAddress]:
-    """A paho v2 MQTT 5 client with credentials and TLS set, not yet connected.
-
-    Raises:
-        ConfigError: The URL or the TLS files are unusable.
-    """
-    try:
-        address = BrokerAddress.parse(login.url)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=mqtt.MQTTv5)
-    paho_log = logging.getLogger(f"{__name__}.paho")
-    if not any(isinstance(f, _AfterDisconnect) for f in paho_log.filters):
-        paho_log.addFilter(_AfterDisconnect())
-    client.enable_logger(paho_log)
-    if login.username:
-        client.username_pw_set(login.username, login.password)
-    if address.tls:
-        try:
-            client.tls_set(ca_certs=str(login.ca_file) if login.ca_file else None,
-                           certfile=str(login.cert_file) if login.cert_file else None,
-                           keyfile=str(login.key_file) if login.key_file else None,
-                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot load TLS files: {exc}") from exc
-    return client, address
-
+#: Room for the MQTT headers and properties around a chunk or a manifest.
+PACKET_HEADROOM = 64 * 1024
 
 @dataclass(frozen=True)
 class PublishReport:
@@ -204,9 +108,11 @@ def publish_bundle(directory: Path, login: BrokerLogin, *, unit: str | None = No
     """
     bundle, payload = read_bundle(directory)
     base = gallery_base(unit)
-    client, address = make_client(login, f"facegate-publish-{bundle.digest[:12]}")
+    client = make_client(login, f"facegate-publish-{bundle.digest[:12]}", name="bundle publisher",
+                         max_packet_bytes=max(MAX_CHUNK_SIZE, MAX_MANIFEST_BYTES) + PACKET_HEADROOM)
+    address = client.address
     acks = _Acks()
-    client.on_connect = acks.on_connect
+    client.after_connect = acks.on_connect
     client.on_publish = acks.on_publish
     try:
         client.connect(address.host, address.port, keepalive=30)
@@ -237,8 +143,7 @@ def publish_bundle(directory: Path, login: BrokerLogin, *, unit: str | None = No
             info = client.publish(topic, bundle.encode(), qos=1, retain=True)
             _wait_acks(acks, [(info.mid, topic)], timeout_s)
     finally:
-        client.disconnect()
-        client.loop_stop()
+        client.stop()
     logger.info("published gallery version %d (%d chunks) on %s", bundle.version,
                 len(indices), topic)
     return PublishReport(topic, len(indices), bundle.version, bundle.digest)
@@ -254,3 +159,7 @@ def _wait_acks(acks: _Acks, mids: list[tuple[int, str]], timeout_s: float) -> No
             code = acks.done[mid]
             if code is not None and code.is_failure:
                 raise SyncError(f"the broker refused {topic} ({code.getName()})")
+
+
+__all__ = ["FLEET", "ROOT", "BrokerLogin", "PublishReport", "chunk_topic", "gallery_base",
+           "manifest_topic", "parse_chunk_topic", "publish_bundle"]

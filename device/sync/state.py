@@ -9,13 +9,16 @@ outcome        ``state``    ``message``
 =============  ===========  ====================================================
 ok / current   ``active``   None
 applying       ``syncing``  ``applying version N``
-refused        ``failed``   ``refused (<reason code>): <detail>``
+refused        unchanged    unchanged; ``last_refusal`` says why
 error          ``failed``   ``error (<kind>): <detail>``
 no gallery     ``empty``    None, or the last failure
 =============  ===========  ====================================================
 
-``version``/``identities``/``templates`` always describe the *live* gallery, so a
-refusal shows the version the unit kept.
+``state``, ``version``/``identities``/``templates`` and ``message`` always describe the
+*live* gallery. A refused bundle changes none of them: anyone who can publish on a
+manifest topic can send junk, and junk must not make a working unit look broken. The
+refusal goes to ``last_refusal`` (reason, message, the bundle's version when known,
+time), which every later report repeats.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any, Literal
 from device.errors import PublishError
 from device.events.schema import GALLERY_STATE_SCHEMA, format_timestamp, validate
 from device.privacy import check_payload
-from device.sync.layout import LiveInfo, Status
+from device.sync.layout import LiveInfo, Refusal, Status
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ class GalleryState:
         reason: Refusal or error code, when the outcome failed.
         message: Sentence for a person.
         updated_at: Seconds since the epoch.
+        last_refusal: The last bundle the unit refused, if any.
     """
 
     status: Status
@@ -66,17 +70,19 @@ class GalleryState:
     reason: str | None
     message: str | None
     updated_at: float
+    last_refusal: Refusal | None = None
 
     @classmethod
     def of(cls, live: LiveInfo | None, *, outcome: Outcome, status: Status,
            reason: str | None, message: str | None, model_id: str | None,
-           now: float) -> GalleryState:
+           now: float, last_refusal: Refusal | None = None) -> GalleryState:
         """A report for the live gallery ``live`` (None: no gallery)."""
         if live is None:
             return cls("empty" if status == "active" else status, outcome, 0, 0, 0,
-                       model_id or _FALLBACK_MODEL, None, None, reason, message, now)
+                       model_id or _FALLBACK_MODEL, None, None, reason, message, now,
+                       last_refusal)
         return cls(status, outcome, live.version, live.identities, live.faces, live.model_id,
-                   live.gallery_id, live.digest, reason, message, now)
+                   live.gallery_id, live.digest, reason, message, now, last_refusal)
 
     def payload(self, unit: str) -> dict[str, Any]:
         """The schema-valid payload for ``unit``.
@@ -85,22 +91,27 @@ class GalleryState:
         the privacy policy is replaced by the outcome and reason code alone, so a
         report is never lost to its wording.
         """
-        message = self.message
-        if message is not None and len(message) > _MESSAGE_MAX:
-            message = message[:_MESSAGE_MAX - 1] + "…"
+        refusal = self.last_refusal
         out: dict[str, Any] = {
             "schema": GALLERY_STATE_SCHEMA, "unit": unit, "state": self.status,
             "version": self.version, "identities": self.identities,
             "templates": self.templates, "model_id": self.model_id,
             "bundle_sha256": self.bundle_sha256,
-            "updated_at": format_timestamp(self.updated_at), "message": message,
+            "updated_at": format_timestamp(self.updated_at), "message": _shorten(self.message),
+            "last_refusal": None if refusal is None else {
+                "reason": refusal.reason, "message": _shorten(refusal.message),
+                "version": refusal.version, "bundle_sha256": refusal.bundle_sha256,
+                "at": format_timestamp(refusal.at)},
         }
         try:
             validate(GALLERY_STATE_SCHEMA, out)
             check_payload(out, where=f"{GALLERY_STATE_SCHEMA} payload")
         except PublishError as exc:
             logger.warning("gallery state message replaced: %s", exc)
-            out["message"] = f"{self.outcome} ({self.reason or 'unknown'})"
+            if out["message"] is not None:
+                out["message"] = f"{self.outcome} ({self.reason or 'unknown'})"
+            if refusal is not None:
+                out["last_refusal"]["message"] = f"refused ({refusal.reason})"
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -109,4 +120,13 @@ class GalleryState:
                 "identities": self.identities, "templates": self.templates,
                 "model_id": self.model_id, "gallery_id": self.gallery_id,
                 "bundle_sha256": self.bundle_sha256, "reason": self.reason,
-                "message": self.message, "updated_at": format_timestamp(self.updated_at)}
+                "message": self.message, "updated_at": format_timestamp(self.updated_at),
+                "last_refusal": None if self.last_refusal is None else {
+                    **self.last_refusal.to_json(),
+                    "at": format_timestamp(self.last_refusal.at)}}
+
+
+def _shorten(message: str | None) -> str | None:
+    if message is not None and len(message) > _MESSAGE_MAX:
+        return message[:_MESSAGE_MAX - 1] + "…"
+    return message

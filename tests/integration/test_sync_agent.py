@@ -33,6 +33,15 @@ from tests.integration.sync_support import (
 WAIT = 20.0
 
 
+def refused(payload: dict[str, Any], reason: str) -> bool:
+    """Whether a gallery state payload reports a refusal with ``reason`` as the last one."""
+    return refusal(payload).startswith(f"refused ({reason})")
+
+
+def refusal(payload: dict[str, Any]) -> str:
+    return str((payload.get("last_refusal") or {}).get("message", ""))
+
+
 class Harness:
     """A world, a broker, a state watcher, and agents started on demand."""
 
@@ -134,8 +143,9 @@ def test_forged_chunk_is_refused_and_the_signed_one_still_accepted(h: Harness) -
     agent = h.agent()
     stats = wait(agent, lambda s: s.chunks_rejected == 1 and s.refused == 1)
     assert stats.applied == 0 and stats.transfer is not None  # still waiting for chunk 0
-    state = h.watcher.wait_for(lambda p: p["state"] == "failed")
-    assert state["message"].startswith("refused (hash_mismatch): chunk 0")
+    state = h.watcher.wait_for(lambda p: refused(p, "hash_mismatch"))
+    assert refusal(state).startswith("refused (hash_mismatch): chunk 0")
+    assert state["state"] == "empty"  # about the live gallery: there is none yet
     assert h.world.layout.live_info() is None
     publish_bundle(v1.directory, h.login, chunks=range(1))
     wait(agent, lambda s: s.applied == 1)
@@ -157,9 +167,8 @@ def test_hostile_manifests_are_refused_and_the_agent_keeps_running(h: Harness) -
         h.publish_raw(topic, payload)
         wait(agent, lambda s, i=index: s.refused == i)
         state = h.watcher.wait_for(
-            lambda p, r=reason, i=index: p["state"] == "failed"
-            and p["message"].startswith(f"refused ({r})") and len(h.watcher.payloads) > i)
-        assert state["version"] == 0
+            lambda p, r=reason, i=index: refused(p, r) and len(h.watcher.payloads) > i)
+        assert (state["state"], state["version"]) == ("empty", 0)
     # Larger than the packet size the agent announced: the broker never sends it.
     seen = agent.stats().manifests
     h.publish_raw(topic, b"x" * (6 * 1024 * 1024))
@@ -180,8 +189,8 @@ def test_attacks_over_mqtt_leave_the_unit_unchanged(h: Harness, tmp_path: Path) 
     before = h.world.snapshot()
     publish_bundle(v1.directory, h.login)  # rollback: an old, validly signed bundle
     wait(agent, lambda s: s.refused == 1)
-    h.watcher.wait_for(lambda p: p["state"] == "failed"
-                       and p["message"].startswith("refused (rollback)") and p["version"] == 2)
+    state = h.watcher.wait_for(lambda p: refused(p, "rollback") and p["version"] == 2)
+    assert (state["state"], state["message"]) == ("active", None)
     assert h.world.snapshot() == before
     h.world.edit()
     v3 = h.world.bundle(3)
@@ -190,9 +199,34 @@ def test_attacks_over_mqtt_leave_the_unit_unchanged(h: Harness, tmp_path: Path) 
     forged["identities"] += 1
     h.publish_raw(manifest_topic(), json.dumps(forged).encode())
     wait(agent, lambda s: s.refused == 2)
-    h.watcher.wait_for(lambda p: p["message"] is not None
-                       and p["message"].startswith("refused (bad_signature)"))
+    state = h.watcher.wait_for(lambda p: refused(p, "bad_signature"))
+    assert (state["state"], state["version"]) == ("active", 2)
     assert h.world.snapshot() == before
+
+
+def test_junk_on_a_manifest_topic_leaves_the_live_state_alone(h: Harness) -> None:
+    """Anyone who can publish on a manifest topic can send junk: the retained state still
+    says the live gallery is active; the refusal is reported beside it, and kept."""
+    v1 = h.world.bundle(1)
+    agent = h.agent()
+    publish_bundle(v1.directory, h.login)
+    wait(agent, lambda s: s.applied == 1)
+    h.watcher.wait_for(active(1))
+    h.publish_raw(manifest_topic(), b"{garbage")
+    wait(agent, lambda s: s.refused == 1)
+    state = h.watcher.wait_for(lambda p: refused(p, "malformed"))
+    assert (state["state"], state["version"], state["message"]) == ("active", 1, None)
+    assert state["bundle_sha256"] == v1.manifest.digest
+    assert state["last_refusal"]["version"] is None  # junk has no version
+    agent.close()
+    again = h.agent()  # a restart reports the same: the live gallery, and the refusal
+    wait(again, lambda s: s.refused == 1)  # the retained junk is refused again
+    late = StateWatcher(h.broker.url)
+    try:
+        state = late.wait_for(lambda p: refused(p, "malformed"))
+        assert (state["state"], state["version"]) == ("active", 1)
+    finally:
+        late.close()
 
 
 def test_per_unit_override_topic(h: Harness) -> None:

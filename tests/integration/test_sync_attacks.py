@@ -6,7 +6,8 @@ Each refusal test asserts three things:
     version) is unchanged;
 (b) the live gallery file's bytes are unchanged (sha256);
 (c) the reason code reaches the retained ``facegate/<unit>/gallery/state`` topic of a
-    real mosquitto, published through the event layer's :class:`Publisher`.
+    real mosquitto, published through the event layer's :class:`Publisher`, as its
+    ``last_refusal`` while ``state`` still describes the live gallery (``active``).
 """
 
 from __future__ import annotations
@@ -63,13 +64,17 @@ class Unit:
         return self.sync(**kw).apply_dir(bundle)
 
     def assert_refused(self, result: ApplyResult, reason: str) -> dict[str, Any]:
+        """The retained state's ``last_refusal`` (the live ``state`` is checked too)."""
         assert (result.outcome, result.reason) == ("refused", reason), result
         assert self.world.snapshot() == self.before           # (a) and (b)
         state = self.watcher.wait_for(                        # (c)
-            lambda p: p["state"] == "failed" and p["message"].startswith(f"refused ({reason})"))
+            lambda p: (p.get("last_refusal") or {}).get("message", "").startswith(
+                f"refused ({reason})"))
         assert (state["version"], state["identities"]) == (2, self.world.people)
+        assert (state["state"], state["message"]) == ("active", None)
+        assert state["last_refusal"]["reason"] == reason
         assert not list(self.world.layout.versions.glob("*.tmp"))
-        return state
+        return dict(state["last_refusal"])
 
 
 @pytest.fixture()
@@ -368,6 +373,7 @@ def test_interrupted_http_download_resumes(unit: Unit) -> None:
 def test_state_file_and_status_after_refusal(unit: Unit) -> None:
     unit.apply(unit.v1.directory)
     status = unit.sync().status()
-    assert (status.status, status.reason, status.version) == ("failed", "rollback", 2)
-    assert status.payload(UNIT)["message"].startswith("refused (rollback)")
+    assert status.last_refusal is not None
+    assert (status.status, status.last_refusal.reason, status.version) == ("active", "rollback", 2)
+    assert status.payload(UNIT)["last_refusal"]["message"].startswith("refused (rollback)")
     assert NOW > T0

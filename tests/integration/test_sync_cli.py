@@ -85,8 +85,8 @@ def test_build_sign_apply_status(tmp_path: Path) -> None:
     assert old.exit_code == 3 and json.loads(old.stdout)["reason"] == "rollback"
 
     status = out(run("sync", "status", "--db", str(unit_db), "--json"))
-    assert (status["version"], status["floor"], status["status"]) == (2, 2, "failed")
-    assert status["message"].startswith("refused (rollback)")
+    assert (status["version"], status["floor"], status["status"]) == (2, 2, "active")
+    assert status["last_refusal"]["message"].startswith("refused (rollback)")
     assert status["bundle_sha256"] == v2["bundle_sha256"] and status["expires"]
     assert "version     2 (floor 2)" in run("sync", "status", "--db", str(unit_db)).stdout
     assert audit.exists()
