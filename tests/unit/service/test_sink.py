@@ -62,7 +62,8 @@ def parts(tmp_path: Path):  # type: ignore[no-untyped-def]
 def _sink(parts: tuple[Outbox, AuditLog, PendingJournal], **kwargs: Any) -> DecisionSink:
     outbox, audit, journal = parts
     return DecisionSink(UNIT, FakePublisher(outbox, **kwargs), audit, journal,
-                        threshold=Threshold(0.93, 1e-4, "config"), model_id="dlib-resnet-v1",
+                        threshold=Threshold(0.93, 1e-4, "config", "dlib-resnet-v1"),
+                        model_id="dlib-resnet-v1",
                         latency=LatencyStats(), clock=lambda: 10.0)
 
 

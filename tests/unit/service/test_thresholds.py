@@ -1,4 +1,5 @@
-"""Calibration table math on synthetic scores: monotone, honest resolution, safety floor."""
+"""The one threshold model: table math on synthetic scores (monotone, honest resolution),
+the safety floor, and identify and the service agreeing on threshold and decision."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import numpy as np
 import pytest
 
 from device.errors import ConfigError
-from device.gallery import calibration as cal
-from device.gallery.calibration import (
+from device.lab.calibration import build_table, save_table, summarise
+from device.service import thresholds as cal
+from device.service.thresholds import (
     MAX_SAFE_FMR,
     CalibrationTable,
+    ThresholdPolicy,
     expected_fpir,
     resolve_threshold,
 )
@@ -29,16 +32,13 @@ def _impostors(n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def table() -> CalibrationTable:
-    return CalibrationTable.from_scores(_impostors(200_000), model_id=MODEL, source="synthetic")
+    return build_table(_impostors(200_000), model_id=MODEL, source="synthetic")
 
 
-def test_points_are_exact_measured_rates() -> None:
-    scores = np.array([0.1, 0.2, 0.2, 0.3, 0.5])
-    t = CalibrationTable.from_scores(scores, model_id=MODEL)
-    assert t.similarities == (0.1, 0.2, 0.3, 0.5)
-    assert t.fmrs == (1.0, 0.8, 0.4, 0.2)  # share of scores >= the point
-    assert t.impostors == 5
-    assert t.resolution == pytest.approx(0.2)
+def _target(table: CalibrationTable, target: float, allow_unsafe: bool = False
+            ) -> cal.Threshold:
+    return resolve_threshold(MODEL, ThresholdPolicy(target, allow_unsafe=allow_unsafe),
+                             table=table)
 
 
 def test_fmr_at_is_monotone_and_bounded(table: CalibrationTable) -> None:
@@ -70,11 +70,11 @@ def test_targets_finer_than_the_resolution_are_refused(table: CalibrationTable) 
     assert table.threshold_for(table.resolution) == table.similarities[-1]
     with pytest.raises(ConfigError, match="finer than the calibration table"):
         table.threshold_for(1e-6)
-    rows = {r.target_fmr: r for r in table.summary()}
+    rows = {r.target_fmr: r for r in summarise(table)}
     assert rows[1e-5].threshold is not None
     assert rows[1e-5].impostors_above == 2
-    small = CalibrationTable.from_scores(_impostors(500), model_id=MODEL)
-    rows = {r.target_fmr: r for r in small.summary()}
+    small = build_table(_impostors(500), model_id=MODEL)
+    rows = {r.target_fmr: r for r in summarise(small)}
     assert rows[1e-2].threshold is not None and rows[1e-3].threshold is None
     with pytest.raises(ConfigError):
         small.threshold_for(1e-3)
@@ -94,11 +94,11 @@ def test_inconsistent_tables_are_refused() -> None:
     with pytest.raises(ConfigError, match="1/impostors"):
         CalibrationTable(MODEL, (0.4, 0.5), (1.0, 0.01), 10)
     with pytest.raises(ConfigError):
-        CalibrationTable.from_scores([], model_id=MODEL)
+        build_table([], model_id=MODEL)
 
 
 def test_round_trip_and_atomic_save(table: CalibrationTable, tmp_path: Path) -> None:
-    path = cal.save_table(table, tmp_path / "models" / f"{MODEL}{cal.SUFFIX}")
+    path = save_table(table, tmp_path / "models" / f"{MODEL}{cal.SUFFIX}")
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
     data = json.loads(path.read_text())
     assert set(data) == {"format", "model_id", "source", "created_at", "impostors", "rule",
@@ -108,8 +108,10 @@ def test_round_trip_and_atomic_save(table: CalibrationTable, tmp_path: Path) -> 
     assert again == table
     found, where = cal.find_table(MODEL, cache_dir=path.parent)
     assert found == table and where == path
-    assert cal.threshold_for(MODEL, 1e-3, cache_dir=path.parent) == table.threshold_for(1e-3)
-    assert cal.fmr_at(MODEL, 0.5, cache_dir=path.parent) == table.fmr_at(0.5)
+    found = resolve_threshold(MODEL, ThresholdPolicy(1e-3), cache_dir=path.parent)
+    assert found.value == table.threshold_for(1e-3) and found.table_file == path
+    explicit = resolve_threshold(MODEL, ThresholdPolicy(threshold=0.7), cache_dir=path.parent)
+    assert explicit.fmr == table.fmr_at(0.7) and explicit.source == "calibration"
 
 
 def test_missing_and_malformed_tables(tmp_path: Path) -> None:
@@ -125,13 +127,13 @@ def test_missing_and_malformed_tables(tmp_path: Path) -> None:
 
 
 def test_safety_floor(table: CalibrationTable, caplog: pytest.LogCaptureFixture) -> None:
-    safe = resolve_threshold(table, 1e-4)
+    safe = _target(table, 1e-4)
     assert not safe.unsafe and safe.fmr == pytest.approx(1e-4)
-    assert resolve_threshold(table, MAX_SAFE_FMR).unsafe is False
+    assert _target(table, MAX_SAFE_FMR).unsafe is False
     with pytest.raises(ConfigError, match="allow_unsafe_threshold"):
-        resolve_threshold(table, 1e-2)
-    with caplog.at_level(logging.WARNING, logger="device.gallery.calibration"):
-        unsafe = resolve_threshold(table, 1e-2, allow_unsafe=True)
+        _target(table, 1e-2)
+    with caplog.at_level(logging.WARNING, logger="device.service.thresholds"):
+        unsafe = _target(table, 1e-2, allow_unsafe=True)
     assert unsafe.unsafe and unsafe.value == pytest.approx(table.threshold_for(1e-2))
     assert any("UNSAFE" in r.getMessage() for r in caplog.records)
 
@@ -150,9 +152,9 @@ def test_expected_fpir() -> None:
 def test_gallery_load_logs_threshold_and_fpir(
     table: CalibrationTable, caplog: pytest.LogCaptureFixture
 ) -> None:
-    threshold = resolve_threshold(table, 1e-4)
-    with caplog.at_level(logging.INFO, logger="device.gallery.calibration"):
-        fpir = cal.log_gallery_threshold(threshold, identities=100, faces=300)
+    threshold = _target(table, 1e-4)
+    with caplog.at_level(logging.INFO, logger="device.service.thresholds"):
+        fpir = cal.log_expected_fpir(threshold, identities=100, faces=300)
     assert fpir == pytest.approx(expected_fpir(threshold.fmr, 300))
     message = caplog.records[-1].getMessage()
     assert f"{threshold.value:.4f}" in message and "1-(1-FMR)^300" in message
