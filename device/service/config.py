@@ -51,8 +51,10 @@ from device.service.thresholds import (
     ALLOW_UNSAFE_IN_CONFIG,
     DEFAULT_TARGET_FMR,
     MAX_SAFE_FMR,
+    Threshold,
     ThresholdPolicy,
     is_unsafe,
+    resolve_threshold,
 )
 from device.sync.config import SyncConfig
 from device.vision.blazeface import BlazeFaceConfig
@@ -339,6 +341,15 @@ class FacegateConfig(Section):
         if "num_threads" in section.model_fields_set:
             return int(getattr(section, "num_threads"))  # noqa: B009 - not every section has it
         return self.threads
+
+    def match_threshold(self, model_id: str) -> Threshold:
+        """The threshold the service runs with for ``model_id`` (``[gallery]``'s policy,
+        the table in :attr:`model_dir`).
+
+        Raises:
+            ConfigError: As :func:`~device.service.thresholds.resolve_threshold`.
+        """
+        return resolve_threshold(model_id, self.gallery.policy, cache_dir=self.model_dir)
 
 
 def load_config(path: str | Path) -> tuple[FacegateConfig, str]:

@@ -62,7 +62,7 @@ from device.service.retention import RetentionJob
 from device.service.sink import DecisionSink, PendingJournal
 from device.service.stages import STAGES, FrameProcessor, FrameResult, Match
 from device.service.stats import LatencyStats, RateMeter
-from device.service.thresholds import Threshold, log_expected_fpir, resolve_threshold
+from device.service.thresholds import Threshold, log_expected_fpir
 from device.sync.agent import SyncAgent
 from device.sync.config import make_sync
 from device.types import FaceChip, Frame
@@ -204,8 +204,7 @@ class RecognitionService:
             self._embedder = build_embedder(cfg)
         dim = probe_dim(self._embedder)
         model_id = self._embedder.model_id
-        self.threshold = resolve_threshold(model_id, cfg.gallery.policy,
-                                           cache_dir=cfg.model_dir)
+        self.threshold = cfg.match_threshold(model_id)
         logger.info("threshold %.4f (threshold FMR %g, from %s)", self.threshold.value,
                     self.threshold.fmr, self.threshold.source)
         sync = None
