@@ -440,7 +440,7 @@ def resolve_threshold(
             raise ConfigError(f"{exc}{where}") from exc
         fmr = table.fmr_at(value)
         asked = f"target_fmr = {target:g} gives similarity threshold {value:.4f}, which"
-        lower = "lower target_fmr"
+        lower = "lower the target FMR"
     unsafe = is_unsafe(max(fmr, target or 0.0))
     if unsafe and not policy.allow_unsafe:
         raise ConfigError(
