@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from device.cli import main
@@ -49,3 +50,27 @@ def test_threshold_fmr_needs_a_threshold(tmp_path: Path) -> None:
                                        str(tmp_path / "probe.jpg")], env=env)
     assert result.exit_code == 2
     assert "--threshold-fmr goes with --threshold" in result.output
+
+
+def test_identify_prints_both_fmrs_named_apart(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from device.cli.identify_cmd import _print, threshold_text
+    from device.enroll.identify import Candidate, FaceIdentification, SearchResult
+    from device.service.thresholds import ThresholdPolicy, resolve_threshold
+
+    rng = np.random.default_rng(0)
+    table = build_table(rng.normal(0.2, 0.12, 50_000), model_id=MODEL)
+    threshold = resolve_threshold(MODEL, ThresholdPolicy(1e-4), table=table)
+    assert threshold_text(threshold).startswith(f"{threshold.value:.4f} (threshold FMR 1.0e-04")
+    best = Candidate("id-1", "Ada", 1, 0.99, table.fmr_at(0.99), True)
+    other = Candidate("id-2", "Bob", 2, 0.55, table.fmr_at(0.55), False)
+    face = FaceIdentification((1, 2, 3, 4), 0.9, (),
+                              SearchResult((best, other), "match", threshold.value, 1))
+    _print(tmp_path / "p.jpg", [face])
+    out = capsys.readouterr().out
+    assert f"FMR at this similarity <{table.resolution:.1e}" in out
+    assert f"FMR at this similarity {table.fmr_at(0.55):.1e}" in out
+    doc = face.to_json()["candidates"]
+    assert doc[0]["fmr_at_similarity"] == float(f"{table.resolution:.3g}")  # type: ignore[index]
+    assert doc[0]["fmr_at_similarity_upper_bound"] is True  # type: ignore[index]
+    assert threshold.to_json()["fmr"] == threshold.fmr  # the threshold FMR, apart
