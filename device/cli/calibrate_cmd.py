@@ -28,9 +28,10 @@ from device.cli.face_tools import (
     threads_option,
 )
 from device.errors import ConfigError
-from device.gallery.calibration import CalibrationTable, save_table, table_path
+from device.lab.calibration import build_table, save_table, summarise
 from device.lab.evaluation import read_pairs
 from device.lab.openset import embed_files, impostor_scores, list_tree, pair_scores
+from device.service.thresholds import table_path
 
 
 def _tar(genuine: np.ndarray, threshold: float | None) -> float | None:
@@ -103,11 +104,11 @@ def calibrate(pairs_csv: Path | None, root: Path | None, identities: Path | None
     fallbacks = int(embedded.fallback.sum())
     if fallbacks:
         source += f"; {fallbacks} images without a detected face embedded whole"
-    table = CalibrationTable.from_scores(impostor, model_id=embedder.model_id, source=source)
+    table = build_table(impostor, model_id=embedder.model_id, source=source)
     written: Path | None = None
     if not no_save:
         written = save_table(table, output or table_path(embedder.model_id))
-    rows = table.summary()
+    rows = summarise(table)
     if as_json:
         emit_json({
             "model_id": table.model_id, "source": table.source, "impostors": table.impostors,

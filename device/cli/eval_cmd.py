@@ -51,12 +51,19 @@ def _print_table(rows: Sequence[Any], timings: Sequence[Any]) -> None:
         click.echo(f"  {'system':<40} {'score':<9}{head} {'EER':>6} {'best acc':>8} {'no face':>7}")
         for row in chosen:
             r = row.result
-            tars = "".join(f" {_fmt_rate(r.at_fmr[f].tar):>9}%" for f in fmrs)
-            thrs = "".join(f" {r.at_fmr[f].threshold:>9.4f}" for f in fmrs)
+            tars = "".join(f" {_fmt_rate(r.at_fmr[f].tar):>9}%" if r.at_fmr[f].resolvable
+                           else f" {'-':>10}" for f in fmrs)
+            thrs = "".join(f" {r.at_fmr[f].threshold:>9.4f}" if r.at_fmr[f].resolvable
+                           else f" {'-':>9}" for f in fmrs)
             click.echo(
                 f"  {row.system:<40} {row.score:<9}{tars}{thrs} {_fmt_rate(r.eer):>5}% "
                 f"{_fmt_rate(r.best_accuracy):>7}% {row.no_face:>7}"
             )
+        for f in fmrs:
+            point = first.at_fmr[f]
+            if not point.resolvable:
+                click.echo(f"  TAR@{metrics.fmr_label(f)}: {point.reason}; needs >= "
+                           f"{1 / f:.0f} impostor pairs")
     if timings:
         click.echo("\ntime per face (median; one face per image; same run, images interleaved):")
         click.echo(f"  {'system':<40} {'faces':>6} {'detect+embed ms':>16} {'embed ms':>9}")
@@ -73,7 +80,7 @@ def _verdicts(rows: Sequence[Any], facegate: str, reference: str) -> list[dict[s
         best = evaluation.best_reference(rows, experiment, reference)
         ours = next(r for r in rows if r.experiment == experiment and r.system == facegate)
         for fmr, tar in ours.result.at_fmr.items():
-            if fmr in best:
+            if fmr in best and tar.resolvable:
                 out.append({
                     "experiment": experiment,
                     "fmr": metrics.fmr_label(fmr),

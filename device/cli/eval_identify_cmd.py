@@ -21,7 +21,6 @@ from device.cli.face_tools import (
     threads_option,
 )
 from device.errors import ConfigError
-from device.gallery.calibration import find_table
 from device.lab.openset import (
     DEFAULT_FPIRS,
     OpenSetResult,
@@ -29,6 +28,7 @@ from device.lab.openset import (
     evaluate_open_set,
     list_tree,
 )
+from device.service.thresholds import ThresholdPolicy, resolve_threshold
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -83,8 +83,9 @@ def eval_identify(root: Path, unenrolled_fraction: float, seed: int,
     """
     thresholds: list[float] = []
     if target_fmr is not None:
-        table, _ = find_table(model_id)
-        thresholds.append(table.threshold_for(target_fmr))
+        # An evaluation may measure an unsafe threshold: it is logged as one, not refused.
+        policy = ThresholdPolicy(target_fmr=target_fmr, allow_unsafe=True)
+        thresholds.append(resolve_threshold(model_id, policy).value)
     rel, labels = list_tree(root, limit_identities)
     with open_finder(threads) as detector, \
             open_embedder(model_id, threads) as embedder, \

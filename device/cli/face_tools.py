@@ -7,15 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Literal
 
 import click
 
 from device.cli.common import progress
-from device.errors import ConfigError
-from device.gallery.calibration import CalibrationTable, MatchThreshold, find_table
-from device.gallery.calibration import resolve_threshold as _resolve
+from device.service.thresholds import (
+    DEFAULT_TARGET_FMR,
+    MAX_SAFE_FMR,
+    Threshold,
+    ThresholdPolicy,
+    resolve_threshold,
+)
 from device.vision.blazeface import BlazeFaceConfig, BlazeFaceDetector
 from device.vision.embed import DLIB_MODEL_ID, DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
 from device.vision.stills import StillFaceFinder, StillFinderConfig
@@ -30,12 +33,25 @@ model_option = click.option(
 
 target_fmr_option = click.option(
     "--target-fmr", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
-    default=1e-4, show_default=True,
+    default=DEFAULT_TARGET_FMR, show_default=True,
     help="False-match rate the match threshold is derived for (calibration table).")
+
+#: How a command-line user accepts an unsafe threshold (said in refusals).
+ALLOW_UNSAFE_FLAG = "pass --allow-unsafe-threshold"
 
 unsafe_option = click.option(
     "--allow-unsafe-threshold", is_flag=True,
-    help="Accept a target FMR above 1e-3 (refused otherwise; warns loudly).")
+    help=f"Accept a threshold whose FMR is above {MAX_SAFE_FMR:g} (refused otherwise; "
+         "warns loudly).")
+
+threshold_option = click.option(
+    "--threshold", "explicit_threshold", type=click.FloatRange(-1.0, 1.0), default=None,
+    help="Explicit similarity threshold, as [gallery] threshold (overrides --target-fmr).")
+
+threshold_fmr_option = click.option(
+    "--threshold-fmr", type=click.FloatRange(0.0, 1.0), default=None,
+    help="FMR measured for --threshold, as [gallery] threshold_fmr (used when the model "
+         "has no calibration table).")
 
 
 def open_detector(model: Literal["full", "short"], threads: int) -> BlazeFaceDetector:
@@ -65,18 +81,13 @@ def open_embedder(model_id: str, threads: int) -> DlibTFLiteEmbedder:
     return DlibTFLiteEmbedder(DlibTFLiteEmbedderConfig(model=model_id, num_threads=threads))
 
 
-def load_threshold(model_id: str, target_fmr: float, allow_unsafe: bool
-                   ) -> tuple[CalibrationTable, MatchThreshold, Path]:
-    """The model's calibration table and the threshold for ``target_fmr``.
+def load_threshold(model_id: str, policy: ThresholdPolicy) -> Threshold:
+    """The threshold ``policy`` gives, as the service resolves it (refusals name the flag).
 
     Raises:
         ConfigError: No table, or the target is unresolvable or unsafe.
     """
-    table, path = find_table(model_id)
-    try:
-        return table, _resolve(table, target_fmr, allow_unsafe=allow_unsafe), path
-    except ConfigError as exc:
-        raise ConfigError(f"{exc} (table {path})") from exc
+    return resolve_threshold(model_id, policy, allow_unsafe_hint=ALLOW_UNSAFE_FLAG)
 
 
 @contextmanager
@@ -85,8 +96,3 @@ def progress_bar(total: int, desc: str, unit: str = "photo", *, as_json: bool = 
     """:func:`device.cli.common.progress`, yielding only its advance callable."""
     with progress(total, desc, unit, as_json=as_json) as advance:
         yield advance
-
-
-def fmr_text(fmr: float, upper_bound: bool) -> str:
-    """``1.2e-04``, or ``<7.6e-08`` for an upper bound."""
-    return f"{'<' if upper_bound else ''}{fmr:.1e}"

@@ -1,9 +1,11 @@
 """``facegate identify``: who is in a photo, according to the local gallery.
 
 For every face (or only the largest): the best gallery identities with their
-similarity, the calibrated false-match rate at that similarity, and the decision —
-``match`` when the best similarity reaches the threshold derived from
-``--target-fmr``, else ``unknown``. Probe embeddings are never written anywhere.
+similarity, the calibrated *FMR at this similarity*, and the decision — ``match`` when
+the best similarity reaches the threshold (whose own *threshold FMR* the header
+prints), else ``unknown``. The threshold comes from ``--target-fmr`` or ``--threshold``
+exactly as the service resolves ``[gallery]`` (:mod:`device.service.thresholds`).
+Probe embeddings are never written anywhere.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import click
 
 from device.cli.common import emit_json, error_line, handle_errors, json_option, progress
 from device.cli.face_tools import (
-    fmr_text,
     load_threshold,
     open_embedder,
     open_finder,
     target_fmr_option,
     threads_option,
+    threshold_fmr_option,
+    threshold_option,
     unsafe_option,
 )
 from device.cli.gallery_cmd import db_option, gallery_path
@@ -27,6 +30,17 @@ from device.enroll.identify import FaceIdentification, GallerySearcher, identify
 from device.errors import ImageError
 from device.gallery.store import GalleryStore
 from device.imageio import read_image
+from device.service.thresholds import Threshold, ThresholdPolicy, fmr_text
+
+
+def threshold_text(threshold: Threshold) -> str:
+    """``0.9139 (threshold FMR 1.0e-04, …)``: the threshold and its own FMR."""
+    origin = (f"target {threshold.target_fmr:g}" if threshold.target_fmr is not None
+              else "explicit")
+    table = (f", table {threshold.table_file.name}" if threshold.table_file is not None
+             else "")
+    return (f"{threshold.value:.4f} (threshold FMR {threshold.fmr:.1e}, {origin}"
+            f"{', UNSAFE' if threshold.unsafe else ''}{table})")
 
 
 def _print(path: Path, faces: list[FaceIdentification]) -> None:
@@ -41,7 +55,8 @@ def _print(path: Path, faces: list[FaceIdentification]) -> None:
         click.echo(f"  face {n} [{box}]: {head}{quality}")
         for rank, c in enumerate(result.candidates, 1):
             click.echo(f"    {rank}. {c.label:<24} {c.identity_id:<18} similarity "
-                       f"{c.similarity:.4f}  FMR {fmr_text(c.fmr, c.fmr_upper_bound)}")
+                       f"{c.similarity:.4f}  FMR at this similarity "
+                       f"{fmr_text(c.fmr_at_similarity, c.fmr_upper_bound)}")
 
 
 @click.command("identify")
@@ -50,35 +65,42 @@ def _print(path: Path, faces: list[FaceIdentification]) -> None:
               help="Candidates per face.")
 @click.option("--largest", is_flag=True, help="Only the largest face of each photo.")
 @target_fmr_option
+@threshold_option
+@threshold_fmr_option
 @unsafe_option
 @threads_option
 @db_option
 @json_option
 @handle_errors
 def identify(images: tuple[Path, ...], top: int, largest: bool, target_fmr: float,
+             explicit_threshold: float | None, threshold_fmr: float | None,
              allow_unsafe_threshold: bool, threads: int, db_path: Path | None,
              as_json: bool) -> None:
     """Search the gallery for every face in IMAGES.
 
     Faces are found as in `eval pairs` (BlazeFace full-range, a zoomed-out
     short-range retry for tight crops, keypoint refinement). Prints candidates with
-    similarity and false-match rate, and the decision (match or unknown) at the
-    threshold derived from --target-fmr through the model's calibration table. With
-    --json, one JSON document per image. Exit status 1 if an image cannot be read.
+    similarity and the FMR at this similarity, and the decision (match or unknown)
+    at the threshold, derived from --target-fmr through the model's calibration table
+    or given by --threshold, as the service does with [gallery]; the header prints the
+    threshold FMR. With --json, one JSON document per image. Exit status 1 if an image
+    cannot be read.
     """
+    if threshold_fmr is not None and explicit_threshold is None:
+        raise click.UsageError("--threshold-fmr goes with --threshold")
     path = gallery_path(db_path)
     failed = False
+    policy = ThresholdPolicy(target_fmr=target_fmr, threshold=explicit_threshold,
+                             threshold_fmr=threshold_fmr, allow_unsafe=allow_unsafe_threshold)
     with GalleryStore(path) as store:
-        table, threshold, table_path = load_threshold(store.model_id, target_fmr,
-                                                      allow_unsafe_threshold)
-        with GallerySearcher(store, table, threshold) as searcher, \
+        threshold = load_threshold(store.model_id, policy)
+        with GallerySearcher(store, threshold) as searcher, \
                 open_finder(threads) as detector, \
                 open_embedder(store.model_id, threads) as embedder:
             loaded = searcher.current()
             if not as_json:
                 click.echo(f"gallery {path}: {loaded.identities} identities, {loaded.faces} "
-                           f"faces; threshold {threshold.value:.4f} (FMR {threshold.fmr:.1e}, "
-                           f"{'UNSAFE, ' if threshold.unsafe else ''}table {table_path.name}); "
+                           f"faces; threshold {threshold_text(threshold)}; "
                            f"expected false-positive identification rate "
                            f"{loaded.expected_fpir:.1e}")
             with progress(len(images), "identifying", as_json=as_json) as advance:

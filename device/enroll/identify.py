@@ -12,7 +12,8 @@ snapshot.
 
 Every load logs the threshold in force and the expected false-positive
 identification rate for the gallery's size
-(:func:`~device.gallery.calibration.log_gallery_threshold`).
+(:func:`~device.service.thresholds.log_expected_fpir`). The threshold and the match
+rule are the service's (:class:`~device.service.thresholds.Threshold`).
 
 Privacy: a probe's embedding lives only in memory for the search; nothing here
 writes it anywhere, and results hold similarities, never vectors.
@@ -31,9 +32,9 @@ import numpy as np
 import numpy.typing as npt
 
 from device.errors import GalleryError
-from device.gallery.calibration import CalibrationTable, MatchThreshold, log_gallery_threshold
 from device.gallery.search.index import GalleryIndex, Precision
 from device.gallery.store import GalleryStore
+from device.service.thresholds import Threshold, log_expected_fpir
 from device.types import Image
 from device.vision.detect import Detector
 from device.vision.embed import Embedder, embed_faces
@@ -52,22 +53,26 @@ class Candidate:
         label: Its display name.
         face_id: Its most similar face.
         similarity: Cosine similarity to that face.
-        fmr: False-match rate of a threshold at this similarity (calibrated).
-        fmr_upper_bound: True when ``fmr`` is only an upper bound (the similarity is
-            above every impostor comparison the table measured).
+        fmr_at_similarity: The FMR at this similarity: the false-match rate a threshold
+            placed here would have (calibrated; None when the model has no table). Not
+            the threshold FMR.
+        fmr_upper_bound: True when ``fmr_at_similarity`` is only an upper bound (the
+            similarity is above every impostor comparison the table measured).
     """
 
     identity_id: str
     label: str
     face_id: int
     similarity: float
-    fmr: float
+    fmr_at_similarity: float | None
     fmr_upper_bound: bool
 
     def to_json(self) -> dict[str, object]:
+        fmr = self.fmr_at_similarity
         return {"identity_id": self.identity_id, "label": self.label, "face_id": self.face_id,
-                "similarity": round(self.similarity, 6), "fmr": float(f"{self.fmr:.3g}"),
-                "fmr_upper_bound": self.fmr_upper_bound}
+                "similarity": round(self.similarity, 6),
+                "fmr_at_similarity": None if fmr is None else float(f"{fmr:.3g}"),
+                "fmr_at_similarity_upper_bound": self.fmr_upper_bound}
 
 
 @dataclass(frozen=True)
@@ -123,26 +128,23 @@ class GallerySearcher:
 
     Args:
         store: The gallery (kept open by the caller).
-        table: The embedder's calibration table (FMR of each candidate).
         threshold: The threshold in force (from
-            :func:`~device.gallery.calibration.resolve_threshold`).
+            :func:`~device.service.thresholds.resolve_threshold`), with the table that
+            gives each candidate's FMR at its similarity.
         precision: Index precision.
         threads: Threads per search (default: the index's).
 
     Raises:
-        GalleryError: The table or threshold is for another model than the gallery's,
-            or the gallery cannot be read.
+        GalleryError: The threshold is for another model than the gallery's, or the
+            gallery cannot be read.
     """
 
-    def __init__(self, store: GalleryStore, table: CalibrationTable, threshold: MatchThreshold,
-                 *, precision: Precision = "float32", threads: int | None = None) -> None:
-        for what, model in (("calibration table", table.model_id),
-                            ("threshold", threshold.model_id)):
-            if model != store.model_id:
-                raise GalleryError(f"the {what} is for model {model!r}, the gallery "
-                                   f"{store.path} holds {store.model_id!r} embeddings")
+    def __init__(self, store: GalleryStore, threshold: Threshold, *,
+                 precision: Precision = "float32", threads: int | None = None) -> None:
+        if threshold.model_id != store.model_id:
+            raise GalleryError(f"the threshold is for model {threshold.model_id!r}, the "
+                               f"gallery {store.path} holds {store.model_id!r} embeddings")
         self.store = store
-        self.table = table
         self.threshold = threshold
         self._precision: Precision = precision
         self._threads = threads
@@ -161,7 +163,7 @@ class GallerySearcher:
         else:
             index = GalleryIndex(meta.dim, precision=self._precision, threads=self._threads)
         identities = len(set(matrix.identity_ids))
-        fpir = log_gallery_threshold(self.threshold, identities, n)
+        fpir = log_expected_fpir(self.threshold, identities, n, f"gallery {self.store.path}")
         return LoadedGallery(meta.revision, meta.version, index, MappingProxyType(labels),
                              identities, n, fpir)
 
@@ -199,14 +201,15 @@ class GallerySearcher:
         """
         loaded = self._loaded
         hits = loaded.index.search_identities(np.asarray(vector, dtype=np.float32), k)
-        candidates = tuple(
-            Candidate(h.identity_id, loaded.labels.get(h.identity_id, h.identity_id),
-                      h.face_id, h.similarity, self.table.fmr_at(h.similarity),
-                      self.table.fmr_is_upper_bound(h.similarity))
-            for h in hits)
+        candidates = []
+        for h in hits:
+            at = self.threshold.fmr_at(h.similarity)
+            candidates.append(Candidate(
+                h.identity_id, loaded.labels.get(h.identity_id, h.identity_id), h.face_id,
+                h.similarity, None if at is None else at[0], at is not None and at[1]))
         decision: Decision = ("match" if candidates
-                              and candidates[0].similarity >= self.threshold.value else "unknown")
-        return SearchResult(candidates, decision, self.threshold.value, loaded.revision)
+                              and self.threshold.matches(candidates[0].similarity) else "unknown")
+        return SearchResult(tuple(candidates), decision, self.threshold.value, loaded.revision)
 
     def close(self) -> None:
         """Stop the indexes' worker threads. Idempotent."""

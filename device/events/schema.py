@@ -249,7 +249,8 @@ class MatchEvent(_CameraEvent):
         identity_id: Gallery id of the matched identity.
         label: Display label of the identity.
         similarity: Cosine similarity of the decisive comparison, in ``[-1, 1]``.
-        false_match_rate: Calibrated false-match rate at the threshold used.
+        false_match_rate: The threshold FMR: calibrated false-match rate of the
+            threshold the decision used.
         gallery_version: Version of the searched gallery bundle.
         model_id: Embedding model id.
         first_seen: Epoch seconds when the track started.
@@ -258,6 +259,10 @@ class MatchEvent(_CameraEvent):
         box: Best face's box, normalised to the frame.
         review_required: A person must check the lead (the default, by policy).
         event_id: UUID; generated when not given.
+        fmr_at_similarity: The FMR at ``similarity``: the false-match rate a threshold
+            placed there would have; None (left out) when the model has no table.
+        fmr_at_similarity_upper_bound: ``fmr_at_similarity`` is only an upper bound
+            (the similarity is above every impostor comparison measured).
 
     Raises:
         PublishError: On construction, when a field is out of range (the schema is
@@ -279,6 +284,8 @@ class MatchEvent(_CameraEvent):
     box: NormalisedBox
     review_required: bool = True
     event_id: str = field(default_factory=_new_event_id)
+    fmr_at_similarity: float | None = None
+    fmr_at_similarity_upper_bound: bool = False
 
     def __post_init__(self) -> None:
         _check_ids(self.unit, self.camera, self.identity_id)
@@ -295,7 +302,7 @@ class MatchEvent(_CameraEvent):
     KIND: ClassVar[str] = "match"
 
     def _fields(self) -> dict[str, Any]:
-        return {
+        fields: dict[str, Any] = {
             "label": self.label,
             "similarity": round(float(self.similarity), 4),
             "false_match_rate": float(self.false_match_rate),
@@ -307,6 +314,10 @@ class MatchEvent(_CameraEvent):
             "review_required": self.review_required,
             "box": self.box.to_json(),
         }
+        if self.fmr_at_similarity is not None:
+            fields["fmr_at_similarity"] = float(f"{self.fmr_at_similarity:.3g}")
+            fields["fmr_at_similarity_upper_bound"] = self.fmr_at_similarity_upper_bound
+        return fields
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> MatchEvent:
@@ -335,6 +346,8 @@ class MatchEvent(_CameraEvent):
             box=NormalisedBox(box["x"], box["y"], box["w"], box["h"]),
             review_required=payload["review_required"],
             event_id=payload["event_id"],
+            fmr_at_similarity=payload.get("fmr_at_similarity"),
+            fmr_at_similarity_upper_bound=payload.get("fmr_at_similarity_upper_bound", False),
         )
 
 

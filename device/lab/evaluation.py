@@ -359,10 +359,20 @@ class Row:
             "pairs": r.genuine + r.impostors,
             "genuine": r.genuine,
             "impostors": r.impostors,
-            "tar_at_fmr": {metrics.fmr_label(f): round(p.tar, 6) for f, p in r.at_fmr.items()},
+            # null where the impostors cannot measure the target; tar_at_fmr_points says why
+            "tar_at_fmr": {metrics.fmr_label(f): round(p.tar, 6) if p.resolvable else None
+                           for f, p in r.at_fmr.items()},
             "threshold_at_fmr": {
-                metrics.fmr_label(f): round(p.threshold, 6) for f, p in r.at_fmr.items()
+                metrics.fmr_label(f): round(p.threshold, 6) if p.resolvable else None
+                for f, p in r.at_fmr.items()
             },
+            "tar_at_fmr_points": [{
+                "target_fmr": f, "resolvable": p.resolvable,
+                "threshold": round(p.threshold, 6) if p.resolvable else None,
+                "fmr": p.fmr if p.resolvable else None,
+                "tar": round(p.tar, 6) if p.resolvable else None,
+                "reason": p.reason,
+            } for f, p in r.at_fmr.items()],
             "eer": round(r.eer, 6),
             "best_accuracy": round(r.best_accuracy, 6),
             "no_face": self.no_face,
@@ -448,14 +458,67 @@ def best_reference(rows: Sequence[Row], experiment: str, reference: str) -> dict
         if row.experiment != experiment or row.system != reference:
             continue
         for fmr, point in row.result.at_fmr.items():
-            best[fmr] = max(best.get(fmr, 0.0), point.tar)
+            if point.resolvable:
+                best[fmr] = max(best.get(fmr, 0.0), point.tar)
     return best
 
 
-def plot_roc(rows: Sequence[Row], path: Path, title: str = "") -> None:
-    """Write the ROC curves (TAR against FMR, log scale) of the rows as a PNG.
+@dataclass(frozen=True)
+class RocSeries:
+    """What the ROC plot draws for one row: the curve and the table's operating points.
 
-    One panel per experiment. Needs matplotlib (a dev/bench dependency).
+    Attributes:
+        label: Legend text.
+        fmr: Curve FMRs, ascending, from ``1 / impostors`` (the finest measured) to 1.
+        tar: TAR at each of them.
+        points: ``(target FMR, measured FMR, TAR)`` of every resolvable operating point
+            of the row's table (:attr:`metrics.Verification.at_fmr`); each lies on the
+            curve.
+        min_fmr: ``1 / impostors``: where the measured range starts.
+    """
+
+    label: str
+    fmr: npt.NDArray[np.float64] = field(repr=False)
+    tar: npt.NDArray[np.float64] = field(repr=False)
+    points: tuple[tuple[float, float, float], ...]
+    min_fmr: float
+
+
+def roc_series(row: Row) -> RocSeries:
+    """The plotted data of one row: the whole measured range and its operating points.
+
+    An operating point's measured FMR can be 0 (no impostor accepted at its
+    threshold), which a log axis cannot show; it is drawn at ``1 / impostors``, the
+    finest rate the sample resolves.
+    """
+    fmr, tar = metrics.roc_points(row.genuine_scores, row.impostor_scores)
+    n = row.result.impostors
+    floor = 1.0 / n
+    points = tuple((f, max(p.fmr, floor), p.tar)
+                   for f, p in row.result.at_fmr.items() if p.resolvable)
+    # The curve is a step function sampled on a log grid: add the operating points (and
+    # the finest step) so that each lies on the drawn line.
+    extra_f = np.array([floor, *(p[1] for p in points)], dtype=np.float64)
+    finest = metrics.operating_point(np.sort(row.genuine_scores), np.sort(row.impostor_scores),
+                                     floor)
+    extra_t = np.array([finest.tar, *(p[2] for p in points)], dtype=np.float64)
+    keep = fmr > 0
+    all_f = np.concatenate([fmr[keep], extra_f])
+    all_t = np.concatenate([tar[keep], extra_t])
+    order = np.lexsort((all_t, all_f))
+    label = f"{row.system}, {row.score} (EER {row.result.eer:.2%}, no face {row.no_face})"
+    return RocSeries(label, all_f[order], all_t[order], points, floor)
+
+
+def plot_roc(rows: Sequence[Row], path: Path, title: str = "") -> list[RocSeries]:
+    """Write the ROC curves (TAR against FMR on a log axis) of the rows as a PNG.
+
+    One panel per experiment; the FMR axis spans the whole measured range, down to
+    ``1 / impostors``, and each operating point of the table is marked and labelled.
+    Needs matplotlib (a dev/bench dependency).
+
+    Returns:
+        The plotted series, row by row.
 
     Raises:
         EvaluationError: matplotlib is missing or the file cannot be written.
@@ -470,15 +533,21 @@ def plot_roc(rows: Sequence[Row], path: Path, title: str = "") -> None:
     experiments = list(dict.fromkeys(r.experiment for r in rows))
     fig, axes = plt.subplots(1, len(experiments), figsize=(6.5 * len(experiments), 5),
                              squeeze=False)
+    plotted: list[RocSeries] = []
     for ax, experiment in zip(axes[0], experiments, strict=True):
+        lowest = 1.0
         for row in (r for r in rows if r.experiment == experiment):
-            fmr, tar = metrics.roc_points(row.genuine_scores, row.impostor_scores)
-            keep = fmr > 0
-            label = (f"{row.system}, {row.score} (EER {row.result.eer:.2%}, "
-                     f"no face {row.no_face})")
-            ax.plot(fmr[keep], tar[keep], label=label)
+            series = roc_series(row)
+            plotted.append(series)
+            (line,) = ax.plot(series.fmr, series.tar, label=series.label)
+            for target, fmr, tar in series.points:
+                ax.plot([fmr], [tar], "o", color=line.get_color(), markersize=5)
+                ax.annotate(f"FMR {metrics.fmr_label(target)}: TAR {tar:.3f}", (fmr, tar),
+                            textcoords="offset points", xytext=(6, -10), fontsize=7)
+            lowest = min(lowest, series.min_fmr)
         first = next(r for r in rows if r.experiment == experiment).result
         ax.set_xscale("log")
+        ax.set_xlim(lowest / 1.5, 1.0)
         ax.set_xlabel("false match rate")
         ax.set_ylabel("true accept rate")
         ax.set_title(f"{experiment}: {first.genuine:,} genuine, {first.impostors:,} impostor")
@@ -493,3 +562,4 @@ def plot_roc(rows: Sequence[Row], path: Path, title: str = "") -> None:
         raise EvaluationError(f"{path}: cannot write the ROC plot: {exc}") from exc
     finally:
         plt.close(fig)
+    return plotted

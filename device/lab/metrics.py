@@ -14,7 +14,9 @@ TAR at a target FMR is the empirical, conservative value: the threshold is the
 lowest one whose measured FMR does not exceed the target (no interpolation), so the
 reported FMR is never flattering. It is only meaningful when there are enough
 impostor scores: with ``n`` of them, the smallest FMR that can be told apart from
-zero is ``1 / n`` (:attr:`Verification.impostors` is reported for that reason).
+zero is ``1 / n``, so a target below it is *not resolvable*
+(:attr:`OperatingPoint.resolvable`; reports print the reason, never the rate), as
+``eval identify`` does for FPIR.
 """
 
 from __future__ import annotations
@@ -49,11 +51,23 @@ class OperatingPoint:
         threshold: Accept a pair when its score is strictly greater than this.
         tar: True accept rate at the threshold.
         fmr: False match rate measured at the threshold (``<=`` the target).
+        resolvable: False when the impostors cannot measure the target (fewer than
+            ``1 / target`` of them): the figures above then say nothing about it.
+        impostors: Impostor scores behind the point.
     """
 
     threshold: float
     tar: float
     fmr: float
+    resolvable: bool = True
+    impostors: int = 0
+
+    @property
+    def reason(self) -> str | None:
+        """Why the point is not reported (None when it is resolvable)."""
+        if self.resolvable:
+            return None
+        return f"not resolvable ({self.impostors} impostor pairs)"
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,7 @@ def operating_point(genuine: FloatArray64, impostor: FloatArray64, fmr: float) -
         raise ValueError(f"target FMR must be within [0, 1], got {fmr}")
     n = impostor.size
     allowed = math.floor(fmr * n + 1e-9)  # impostors that may be accepted
+    # Resolvable when at least one impostor may be accepted (the rule of eval identify).
     if allowed >= n:
         threshold = float(min(impostor[0], genuine[0])) - 1.0  # accept everything
     else:
@@ -112,6 +127,8 @@ def operating_point(genuine: FloatArray64, impostor: FloatArray64, fmr: float) -
         threshold=threshold,
         tar=float(_accepted(genuine, t)[0] / genuine.size),
         fmr=float(_accepted(impostor, t)[0] / n),
+        resolvable=allowed >= 1,
+        impostors=int(n),
     )
 
 

@@ -300,7 +300,9 @@ class FnirPoint:
 
     def to_json(self) -> dict[str, object]:
         return {"target_fpir": self.target_fpir, "resolvable": self.resolvable,
-                "threshold": self.threshold, "fpir": self.fpir, "fnir": self.fnir}
+                "threshold": self.threshold, "fpir": self.fpir, "fnir": self.fnir,
+                "reason": None if self.resolvable else "not resolvable: needs >= "
+                f"{1 / self.target_fpir:.0f} non-mated searches"}
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from device.events.schema import MATCH_SCHEMA, TRACK_END_SCHEMA
 from device.events.topics import Topics
 from device.gallery.records import NewIdentity
 from device.service.config import FacegateConfig
+from device.service.thresholds import fmr_text
 from device.types import Detection, Image
 from device.vision.detect import Detector
 from device.vision.timing import StageTimer
@@ -576,8 +577,8 @@ class Demo:
             if service.threshold is not None:
                 result.threshold = service.threshold.value
                 result.false_match_rate = service.threshold.fmr
-                self.say(f"threshold {service.threshold.value:.4f} (false-match rate "
-                         f"{service.threshold.fmr:g}, from the shipped calibration)")
+                self.say(f"threshold {service.threshold.value:.4f} (threshold FMR "
+                         f"{fmr_text(service.threshold.fmr)}, from the shipped calibration)")
             result.stop_reason = service.run()
         # close() stopped the cameras, ended every track and flushed the outbox to the
         # broker; the health file it wrote last holds the final counts.
@@ -604,10 +605,13 @@ def format_event(payload: dict[str, Any]) -> str | None:
         return None
     at = str(payload.get("decided_at", ""))
     clock = at[11:] if len(at) > 11 else at  # HH:MM:SS.mmmZ (UTC)
+    fmr_here = payload.get("fmr_at_similarity")
+    at_text = fmr_text(None if fmr_here is None else float(fmr_here),
+                       bool(payload.get("fmr_at_similarity_upper_bound")))
     return (f"{clock}  {payload['camera']:<6} MATCH {payload['label']:<20} "
-            f"similarity {float(payload['similarity']):.4f}  FMR "
-            f"{float(payload['false_match_rate']):.0e}  review_required "
-            f"{'yes' if payload.get('review_required') else 'no'}")
+            f"similarity {float(payload['similarity']):.4f}  threshold FMR "
+            f"{fmr_text(float(payload['false_match_rate']))}  FMR at this similarity "
+            f"{at_text}  review_required {'yes' if payload.get('review_required') else 'no'}")
 
 
 def format_summary(result: DemoResult) -> list[str]:
@@ -629,8 +633,8 @@ def format_summary(result: DemoResult) -> list[str]:
     for label, why in sorted(result.rejected.items()):
         lines.append(f"  not enrolled       {label}: {why}")
     if result.threshold is not None:
-        lines.append(f"  threshold          {result.threshold:.4f} (FMR "
-                     f"{result.false_match_rate:g})")
+        lines.append(f"  threshold          {result.threshold:.4f} (threshold FMR "
+                     f"{fmr_text(result.false_match_rate)})")
     p50 = result.capture_to_ack_p50_ms
     lines.append("  capture-to-ack p50 " + (f"{p50:.1f} ms" if p50 is not None else "n/a"))
     lines.append(f"  service stopped    {result.stop_reason}")

@@ -1,7 +1,8 @@
 """The recognition service: configuration, per-frame stages, threads, health.
 
-* :mod:`device.service.thresholds` — the match threshold from a target false-match
-  rate (the seam the gallery calibration table plugs into);
+* :mod:`device.service.thresholds` — the one threshold model: the model's calibration
+  table and the match threshold from a target false-match rate or an explicit one
+  (``identify`` uses it too);
 * :mod:`device.service.queue` — the bounded frame queue between capture and inference;
 * :mod:`device.service.stats` — latency histograms and rate meters;
 * :mod:`device.service.embedding` — the ``Aligner``/``Embedder`` Protocols the

@@ -47,7 +47,15 @@ from device.gallery.records import GalleryConfig
 from device.paths import default_state_dir
 from device.service.decision import DecisionConfig
 from device.service.retention import RetentionConfig
-from device.service.thresholds import MAX_SAFE_FMR
+from device.service.thresholds import (
+    ALLOW_UNSAFE_IN_CONFIG,
+    DEFAULT_TARGET_FMR,
+    MAX_SAFE_FMR,
+    Threshold,
+    ThresholdPolicy,
+    is_unsafe,
+    resolve_threshold,
+)
 from device.sync.config import SyncConfig
 from device.vision.blazeface import BlazeFaceConfig
 from device.vision.detect import DetectorConfig
@@ -71,7 +79,7 @@ class ServiceGalleryConfig(GalleryConfig):
     """The gallery the service searches, and how similar is similar enough."""
 
     target_fmr: float = Field(
-        1e-4, gt=0, le=1,
+        DEFAULT_TARGET_FMR, gt=0, le=1,
         description="Target false-match rate; the similarity threshold is the embedder's "
         "calibrated threshold for it (when no explicit threshold is set).",
     )
@@ -101,14 +109,23 @@ class ServiceGalleryConfig(GalleryConfig):
     def _check_policy(self) -> ServiceGalleryConfig:
         if self.threshold_fmr is not None and self.threshold is None:
             raise ValueError("threshold_fmr goes with an explicit threshold")
-        if self.threshold is None and self.target_fmr > MAX_SAFE_FMR and not (
+        # Refused before any model loads; resolve_threshold applies the same rule to the
+        # threshold the target gives.
+        if self.threshold is None and is_unsafe(self.target_fmr) and not (
             self.allow_unsafe_threshold
         ):
             raise ValueError(
-                f"target_fmr {self.target_fmr:g} is above {MAX_SAFE_FMR:g}; set "
-                "allow_unsafe_threshold = true to accept it"
+                f"target_fmr {self.target_fmr:g} is above the safe limit {MAX_SAFE_FMR:g}; "
+                f"{ALLOW_UNSAFE_IN_CONFIG} to accept it"
             )
         return self
+
+    @property
+    def policy(self) -> ThresholdPolicy:
+        """The threshold policy of this section (what ``resolve_threshold`` takes)."""
+        return ThresholdPolicy(target_fmr=self.target_fmr, threshold=self.threshold,
+                               threshold_fmr=self.threshold_fmr,
+                               allow_unsafe=self.allow_unsafe_threshold)
 
 
 class PipelineConfig(Section):
@@ -324,6 +341,15 @@ class FacegateConfig(Section):
         if "num_threads" in section.model_fields_set:
             return int(getattr(section, "num_threads"))  # noqa: B009 - not every section has it
         return self.threads
+
+    def match_threshold(self, model_id: str) -> Threshold:
+        """The threshold the service runs with for ``model_id`` (``[gallery]``'s policy,
+        the table in :attr:`model_dir`).
+
+        Raises:
+            ConfigError: As :func:`~device.service.thresholds.resolve_threshold`.
+        """
+        return resolve_threshold(model_id, self.gallery.policy, cache_dir=self.model_dir)
 
 
 def load_config(path: str | Path) -> tuple[FacegateConfig, str]:

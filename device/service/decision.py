@@ -33,6 +33,7 @@ from typing import Protocol
 from pydantic import Field, model_validator
 
 from device.config import Section
+from device.service.thresholds import meets
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ class Decider:
         track.last_activity = timestamp
         identity: str | None = None
         similarity = float(best.similarity) if best is not None else 0.0
-        if best is not None and similarity >= self.threshold:
+        if best is not None and meets(similarity, self.threshold):
             tally = track.tallies.get(best.identity_id)
             if tally is None and len(track.tallies) < MAX_IDENTITIES_PER_TRACK:
                 tally = track.tallies[best.identity_id] = _Tally()

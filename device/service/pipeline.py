@@ -51,7 +51,6 @@ from device.camera import CameraRunner, FrameSource, SourceHealth, SourceState, 
 from device.errors import DeviceError
 from device.events.mqtt import ConnectionState, Publisher, PublisherStatus
 from device.events.notify import Notifier
-from device.gallery.calibration import log_expected_fpir
 from device.gallery.live import LiveGallery
 from device.service.config import FacegateConfig
 from device.service.decision import TrackEnded, UnknownTrack
@@ -63,7 +62,7 @@ from device.service.retention import RetentionJob
 from device.service.sink import DecisionSink, PendingJournal
 from device.service.stages import STAGES, FrameProcessor, FrameResult, Match
 from device.service.stats import LatencyStats, RateMeter
-from device.service.thresholds import MAX_SAFE_FMR, Threshold, resolve_threshold
+from device.service.thresholds import Threshold, log_expected_fpir
 from device.statelock import SERVICE_HOLDER, StateLock
 from device.sync.agent import SyncAgent
 from device.sync.config import make_sync
@@ -208,12 +207,8 @@ class RecognitionService:
             self._embedder = build_embedder(cfg)
         dim = probe_dim(self._embedder)
         model_id = self._embedder.model_id
-        self.threshold = resolve_threshold(
-            model_id, target_fmr=cfg.gallery.target_fmr, threshold=cfg.gallery.threshold,
-            threshold_fmr=cfg.gallery.threshold_fmr,
-            allow_unsafe=cfg.gallery.allow_unsafe_threshold, cache_dir=cfg.model_dir,
-        )
-        logger.info("threshold %.4f (false-match rate %g, from %s)", self.threshold.value,
+        self.threshold = cfg.match_threshold(model_id)
+        logger.info("threshold %.4f (threshold FMR %g, from %s)", self.threshold.value,
                     self.threshold.fmr, self.threshold.source)
         sync = None
         if cfg.sync is not None and cfg.sync.enabled:
@@ -287,10 +282,8 @@ class RecognitionService:
         if self._gallery is None or self.threshold is None:
             return
         active = self._gallery.current()
-        t = self.threshold
-        log_expected_fpir(t.value, t.fmr, len(active.labels), len(active.index),
-                          unsafe=t.fmr > MAX_SAFE_FMR * (1 + 1e-9),
-                          what=f"threshold from {t.source}, gallery version {active.version}")
+        log_expected_fpir(self.threshold, len(active.labels), len(active.index),
+                          f"gallery version {active.version}")
 
     def _open_cameras(self) -> None:
         for section in self.config.cameras:

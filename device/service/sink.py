@@ -196,12 +196,15 @@ class DecisionSink:
         """
         started = time.perf_counter()
         a = match.announce
+        at = self.threshold.fmr_at(a.similarity)
         event = MatchEvent(
             unit=self.unit, camera=a.camera_id, track_id=a.track_id,
             identity_id=a.identity_id, label=match.label, similarity=a.similarity,
             false_match_rate=self.threshold.fmr, gallery_version=match.gallery_version,
             model_id=self.model_id, first_seen=match.first_seen, decided_at=a.timestamp,
             faces_considered=a.faces_considered, box=match.box,
+            fmr_at_similarity=None if at is None else at[0],
+            fmr_at_similarity_upper_bound=at is not None and at[1],
         )
         payload = event.to_payload()
         self._cp("sink.journal")

@@ -39,8 +39,8 @@ def arm64_root() -> Path:
     if os.geteuid() != 0:
         pytest.skip("the arm64 root is entered with chroot, which needs root")
     if not (ROOT / ".facegate-base").is_file():
-        pytest.skip(f"no arm64 root at {ROOT}: build it with `sudo bash {SCRIPT.relative_to(REPO)}` "
-                    "(.ci/run does)")
+        pytest.skip(f"no arm64 root at {ROOT}: build it with "
+                    f"`sudo bash {SCRIPT.relative_to(REPO)}` (.ci/run does)")
     # Brings the root's install up to this checkout (a no-op when it already is).
     proc = subprocess.run(["bash", str(SCRIPT), "--root", str(ROOT)], capture_output=True,
                           text=True, timeout=TIMEOUT)
@@ -66,8 +66,8 @@ def host_facegate(*args: str) -> str:
 
 def json_lines(text: str) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.splitlines():
+        line = raw.strip()
         if line.startswith("{"):
             out.append(json.loads(line))
     return out

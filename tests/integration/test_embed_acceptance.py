@@ -38,6 +38,7 @@ def _last_json(output: str) -> dict[str, Any]:
 def _print_rows(report: dict[str, Any]) -> None:
     for row in report["rows"]:
         tars = " ".join(f"TAR@{k} {v:.4f} (thr {row['threshold_at_fmr'][k]:.4f})"
+                        if v is not None else f"TAR@{k} not resolvable"
                         for k, v in row["tar_at_fmr"].items())
         print(f"{row['experiment']:<9} {row['system']:<38} {row['score']:<9} "
               f"pairs {row['pairs']:>8} {tars} EER {row['eer']:.4f} "

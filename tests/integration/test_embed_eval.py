@@ -174,8 +174,27 @@ def test_eval_pairs_on_fold_1(datasets: Path, model_cache: Path, tmp_path: Path)
     assert report["best_accuracy"] >= 0.97
     assert report["eer"] <= 0.04
     assert report["no_face"] <= 5
-    assert report["threshold_at_fmr"]["1e-3"] >= report["threshold_at_fmr"]["1e-2"]
+    # 281 impostor pairs cannot measure FMR 1e-3: named, not printed as a rate
+    assert report["impostors"] == 281
+    assert report["tar_at_fmr"]["1e-3"] is None and report["threshold_at_fmr"]["1e-3"] is None
+    points = {p["target_fmr"]: p for p in report["tar_at_fmr_points"]}
+    assert points[1e-3]["reason"] == "not resolvable (281 impostor pairs)"
+    assert points[1e-2]["resolvable"] and points[1e-2]["threshold"] is not None
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_pairs_on_30_pairs_names_what_it_cannot_measure(
+    datasets: Path, model_cache: Path, tmp_path: Path
+) -> None:
+    pairs = _fold_csv(datasets, tmp_path, "1")
+    args = ["eval", "pairs", "--pairs", str(pairs), "--root", str(datasets / "lfw" / "people"),
+            "--limit", "30", "--cache-dir", str(model_cache)]
+    report = _json_lines(_run([*args, "--json"]).stdout)[-1]
+    assert report["tar_at_fmr"] == {"1e-2": None, "1e-3": None}
+    reasons = {p["reason"] for p in report["tar_at_fmr_points"]}
+    assert reasons == {f"not resolvable ({report['impostors']} impostor pairs)"}
+    text = _run(args).stdout
+    assert f"TAR@1e-3: not resolvable ({report['impostors']} impostor pairs)" in text
 
 
 def test_eval_pairs_refuses_a_malformed_csv(datasets: Path, tmp_path: Path) -> None:

@@ -12,9 +12,15 @@ import numpy as np
 import pytest
 
 from device.enroll.identify import GallerySearcher
-from device.gallery.calibration import CalibrationTable, resolve_threshold
 from device.gallery.records import NewIdentity
 from device.gallery.store import GalleryStore
+from device.lab.calibration import build_table
+from device.service.thresholds import (
+    CalibrationTable,
+    Threshold,
+    ThresholdPolicy,
+    resolve_threshold,
+)
 from tests.gallery_helpers import DIM, MODEL, FaceMaker
 
 FACES_PER_IDENTITY = 4
@@ -25,8 +31,12 @@ IDENTITIES = 25
 def table() -> CalibrationTable:
     rng = np.random.default_rng(0)
     # Cosines of random 128-d unit vectors: about N(0, 1/sqrt(128)).
-    return CalibrationTable.from_scores(rng.normal(0.0, DIM ** -0.5, 400_000),
-                                        model_id=MODEL, source="synthetic")
+    return build_table(rng.normal(0.0, DIM ** -0.5, 400_000),
+                       model_id=MODEL, source="synthetic")
+
+
+def _threshold(table: CalibrationTable) -> Threshold:
+    return resolve_threshold(MODEL, ThresholdPolicy(1e-4), table=table)
 
 
 @pytest.fixture()
@@ -41,35 +51,37 @@ def test_decisions_and_fmr(store: GalleryStore, table: CalibrationTable,
     faces = maker.faces(3)
     ada = store.add_identity_with_faces(NewIdentity(label="Ada"), faces)
     store.add_identity_with_faces(NewIdentity(label="Bob"), maker.faces(3))
-    threshold = resolve_threshold(table, 1e-4)
-    with caplog.at_level(logging.INFO, logger="device.gallery.calibration"), \
-            GallerySearcher(store, table, threshold) as searcher:
+    threshold = _threshold(table)
+    with caplog.at_level(logging.INFO, logger="device.service.thresholds"), \
+            GallerySearcher(store, threshold) as searcher:
         assert "2 identities, 6 faces" in caplog.records[-1].getMessage()
         probe = faces[0].embedding.vector + 0.02 * maker.vector()
         result = searcher.search(probe, k=2)
         assert result.decision == "match" and result.match is not None
         assert result.match.identity_id == ada.id and result.match.label == "Ada"
-        assert result.match.fmr_upper_bound and result.match.fmr == table.resolution
+        assert result.match.fmr_upper_bound
+        assert result.match.fmr_at_similarity == table.resolution
         second = result.candidates[1]
         assert second.label == "Bob" and not second.fmr_upper_bound
-        assert second.fmr == pytest.approx(table.fmr_at(second.similarity))
+        assert second.fmr_at_similarity == pytest.approx(table.fmr_at(second.similarity))
         stranger = searcher.search(maker.vector(), k=2)
         assert stranger.decision == "unknown" and stranger.match is None
         assert all(c.similarity < threshold.value for c in stranger.candidates)
 
 
 def test_model_mismatch_is_refused(store: GalleryStore) -> None:
-    other = CalibrationTable.from_scores([0.1, 0.2], model_id="other")
+    other = build_table([0.1, 0.2], model_id="other")
+    threshold = resolve_threshold("other", ThresholdPolicy(1.0, allow_unsafe=True), table=other)
     with pytest.raises(Exception, match="other"):
-        GallerySearcher(store, other, resolve_threshold(other, 1.0, allow_unsafe=True))
+        GallerySearcher(store, threshold)
 
 
 def test_readers_never_see_half_an_identity(store: GalleryStore,
                                             table: CalibrationTable) -> None:
     maker = FaceMaker(12)
     batches = [maker.faces(FACES_PER_IDENTITY) for _ in range(IDENTITIES)]
-    threshold = resolve_threshold(table, 1e-4)
-    searcher = GallerySearcher(store, table, threshold)
+    threshold = _threshold(table)
+    searcher = GallerySearcher(store, threshold)
     done = threading.Event()
     observed: list[int] = []  # revisions seen by the reader
     seen_revision = threading.Condition()
@@ -126,7 +138,8 @@ def test_readers_never_see_half_an_identity(store: GalleryStore,
 
 def test_refresh_is_a_no_op_without_commits(store: GalleryStore,
                                             table: CalibrationTable) -> None:
-    with GallerySearcher(store, table, resolve_threshold(table, 1e-3)) as searcher:
+    threshold = resolve_threshold(MODEL, ThresholdPolicy(1e-3), table=table)
+    with GallerySearcher(store, threshold) as searcher:
         assert not searcher.refresh()
         empty = searcher.search(FaceMaker(1).vector())
         assert empty.candidates == () and empty.decision == "unknown"

@@ -77,3 +77,15 @@ def test_event_and_summary_lines() -> None:
     text = "\n".join(format_summary(result))
     assert "A x1" in text and "not matched        B" in text
     assert "capture-to-ack p50 n/a" in text
+
+
+def test_event_lines_name_the_two_fmrs_apart() -> None:
+    line = format_event({"schema": "facegate/match/1", "camera": "front",
+                         "label": "Eileen Collins", "similarity": 0.99741,
+                         "false_match_rate": 1e-4, "fmr_at_similarity": 7.6e-08,
+                         "fmr_at_similarity_upper_bound": True, "review_required": True,
+                         "decided_at": "2024-05-01T12:00:00.123Z"})
+    assert line is not None
+    assert "threshold FMR 1.0e-04" in line and "FMR at this similarity <7.6e-08" in line
+    result = DemoResult("s", "mqtt://127.0.0.1:1", True, threshold=0.93, false_match_rate=1e-4)
+    assert "  threshold          0.9300 (threshold FMR 1.0e-04)" in format_summary(result)

@@ -8,7 +8,7 @@ import pytest
 
 from device.errors import ConfigError
 from device.service.config import FacegateConfig, load_config
-from device.service.thresholds import MAX_SAFE_FMR, resolve_threshold
+from device.service.thresholds import MAX_SAFE_FMR, ThresholdPolicy, resolve_threshold
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "provisioning" / "config.example.toml"
@@ -152,30 +152,29 @@ def test_missing_file_and_bad_toml_are_config_errors(tmp_path: Path) -> None:
 
 
 def test_explicit_threshold_with_its_measured_fmr() -> None:
-    t = resolve_threshold("no-such-model", target_fmr=1e-4, threshold=0.93,
-                          threshold_fmr=1e-4, allow_unsafe=False)
+    policy = ThresholdPolicy(threshold=0.93, threshold_fmr=1e-4)
+    t = resolve_threshold("no-such-model", policy)
     assert (t.value, t.fmr, t.source) == (0.93, 1e-4, "config")
 
 
 def test_explicit_threshold_without_any_fmr_is_refused() -> None:
     with pytest.raises(ConfigError, match="set threshold_fmr"):
-        resolve_threshold("no-such-model", target_fmr=1e-4, threshold=0.93,
-                          threshold_fmr=None, allow_unsafe=False)
+        resolve_threshold("no-such-model", ThresholdPolicy(threshold=0.93))
 
 
 def test_an_unsafe_threshold_is_refused_unless_allowed() -> None:
+    unsafe = ThresholdPolicy(threshold=0.5, threshold_fmr=MAX_SAFE_FMR * 10)
     with pytest.raises(ConfigError, match="above the safe limit"):
-        resolve_threshold("no-such-model", target_fmr=1e-4, threshold=0.5,
-                          threshold_fmr=MAX_SAFE_FMR * 10, allow_unsafe=False)
-    t = resolve_threshold("no-such-model", target_fmr=1e-4, threshold=0.5,
-                          threshold_fmr=MAX_SAFE_FMR * 10, allow_unsafe=True)
+        resolve_threshold("no-such-model", unsafe)
+    t = resolve_threshold("no-such-model",
+                          ThresholdPolicy(threshold=0.5, threshold_fmr=MAX_SAFE_FMR * 10,
+                                          allow_unsafe=True))
     assert t.fmr == MAX_SAFE_FMR * 10
 
 
 def test_no_calibration_table_says_how_to_get_a_threshold(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="facegate calibrate"):
-        resolve_threshold("no-such-model", target_fmr=1e-4, threshold=None,
-                          threshold_fmr=None, allow_unsafe=False, cache_dir=tmp_path)
+        resolve_threshold("no-such-model", ThresholdPolicy(), cache_dir=tmp_path)
 
 
 def test_run_check_validates_and_names_bad_keys(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from device.audit import AuditKind, AuditLog, read_records
@@ -66,10 +67,12 @@ def parts(tmp_path: Path):  # type: ignore[no-untyped-def]
     audit.close()
 
 
-def _sink(parts: tuple[Outbox, AuditLog, PendingJournal], **kwargs: Any) -> DecisionSink:
+def _sink(parts: tuple[Outbox, AuditLog, PendingJournal],
+          threshold: Threshold | None = None, **kwargs: Any) -> DecisionSink:
     outbox, audit, journal = parts
     return DecisionSink(UNIT, FakePublisher(outbox, **kwargs), audit, journal,
-                        threshold=Threshold(0.93, 1e-4, "config"), model_id="dlib-resnet-v1",
+                        threshold=threshold or Threshold(0.93, 1e-4, "config", "dlib-resnet-v1"),
+                        model_id="dlib-resnet-v1",
                         latency=LatencyStats(), checkpoint=lambda name: None)
 
 
@@ -93,6 +96,27 @@ def test_a_match_is_audited_and_queued_and_leaves_no_journal(parts: Any) -> None
     assert record["gallery_version"] == 4
     assert journal.pending() == []
     assert sink.matches == 1 and sink.matches_by_camera == {"front": 1}
+
+
+def test_a_match_event_carries_both_fmrs_named_apart(parts: Any) -> None:
+    from device.lab.calibration import build_table
+    from device.service.thresholds import ThresholdPolicy, resolve_threshold
+
+    outbox, _, _ = parts
+    rng = np.random.default_rng(0)
+    table = build_table(rng.normal(0.75, 0.05, 20_000), model_id="dlib-resnet-v1")
+    threshold = resolve_threshold("dlib-resnet-v1", ThresholdPolicy(1e-3), table=table)
+    sink = _sink(parts, threshold)
+    event = sink.match(_match())  # similarity 0.95
+    payload = json.loads(outbox.pending()[0].payload)
+    assert payload["false_match_rate"] == threshold.fmr  # the threshold FMR
+    assert payload["fmr_at_similarity"] == pytest.approx(table.fmr_at(0.95), rel=1e-2)
+    assert payload["fmr_at_similarity"] < payload["false_match_rate"]
+    assert payload["fmr_at_similarity_upper_bound"] is table.fmr_is_upper_bound(0.95)
+    assert MatchEvent.from_payload(payload) == event
+    # Without a table (explicit threshold and its stated FMR) the field is left out.
+    plain = _sink(parts).match(_match(track=4))
+    assert "fmr_at_similarity" not in plain.to_payload()
 
 
 def test_a_track_end_follows_its_match(parts: Any) -> None:
