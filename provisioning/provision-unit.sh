@@ -216,16 +216,18 @@ for c in "${CAMERAS[@]}"; do RENDER+=(--camera "$c"); done
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 # Validate it before anything changes, whenever a Python with facegate is at hand
-# (always with --root; on a live unit once the venv exists, i.e. on re-runs).
-if ! ((LIVE)) || [[ -x "$VENV/bin/python" ]]; then
+# (always with --root; on a live unit once facegate is installed, i.e. on re-runs; a
+# venv left by an interrupted first run does not count).
+venv_ready() { [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c 'import device' 2>/dev/null; }
+if ! ((LIVE)) || venv_ready; then
   provision_py "${RENDER[@]}" --trusted-keys --out "$WORK/config.toml" >/dev/null ||
     die "the options above do not make a valid config; nothing was changed"
 fi
 # Refuse an unpinned Coral model before anything is installed.
 CORAL_PIN=""
 if ((WITH_CORAL)); then
-  if ((LIVE)) && [[ ! -x "$VENV/bin/python" ]]; then
-    # The venv does not exist yet: read the pin from the source tree's manifest.
+  if ((LIVE)) && ! venv_ready; then
+    # facegate is not installed yet: read the pin from the source tree's manifest.
     CORAL_PIN=$(python3 - "$REPO/models/manifest.toml" "$CORAL_MODEL" "$CORAL_SHA256" <<'EOF'
 import re, sys, tomllib
 manifest, model, given = sys.argv[1], sys.argv[2], sys.argv[3].strip().lower()
