@@ -202,7 +202,7 @@ def connect_readonly(path: Path, *, busy_timeout_s: float = 10.0) -> sqlite3.Con
 # ---------------------------------------------------------------- transactions
 
 
-def _rollback_quietly(conn: sqlite3.Connection, statement: str) -> None:
+def rollback_quietly(conn: sqlite3.Connection, statement: str = "ROLLBACK") -> None:
     """Run a rollback statement while an error is propagating; never raise."""
     if not conn.in_transaction:  # SQLite already rolled back (disk full, I/O error)
         return
@@ -235,7 +235,7 @@ def atomic(conn: sqlite3.Connection, *, immediate: bool = True) -> Iterator[sqli
         try:
             yield conn
         except BaseException:
-            _rollback_quietly(conn, f"ROLLBACK TO {name}")
+            rollback_quietly(conn, f"ROLLBACK TO {name}")
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute(f"RELEASE {name}")
@@ -247,7 +247,7 @@ def atomic(conn: sqlite3.Connection, *, immediate: bool = True) -> Iterator[sqli
         yield conn
         conn.execute("COMMIT")
     except BaseException:
-        _rollback_quietly(conn, "ROLLBACK")
+        rollback_quietly(conn, "ROLLBACK")
         raise
 
 
@@ -413,6 +413,7 @@ __all__ = [
     "is_disk_full",
     "make_private",
     "migrate",
+    "rollback_quietly",
     "schema_version",
     "snapshot",
 ]

@@ -56,7 +56,7 @@ def gallery_group() -> None:
 def info(db_path: Path | None, as_json: bool) -> None:
     """What the gallery is: model, dimension, version and counts."""
     path = gallery_path(db_path)
-    with GalleryStore(path) as store:
+    with GalleryStore(path, read_only=True) as store:
         meta = store.metadata()
         identities, faces = store.counts()
     if as_json:
@@ -80,7 +80,7 @@ def info(db_path: Path | None, as_json: bool) -> None:
 @handle_errors
 def list_identities(db_path: Path | None, as_json: bool) -> None:
     """Every enrolled identity, sorted by label."""
-    with GalleryStore(gallery_path(db_path)) as store:
+    with GalleryStore(gallery_path(db_path), read_only=True) as store:
         identities = store.list_identities()
     if as_json:
         emit_json([i.to_json() for i in identities])
@@ -107,7 +107,7 @@ def _show_text(ident: Identity) -> None:
 @handle_errors
 def show(identity_id: str, db_path: Path | None, as_json: bool) -> None:
     """One identity and its faces (never the embeddings)."""
-    with GalleryStore(gallery_path(db_path)) as store:
+    with GalleryStore(gallery_path(db_path), read_only=True) as store:
         ident = store.get(identity_id)
         faces = store.faces(identity_id)
     if as_json:
@@ -228,7 +228,7 @@ def delete(identity_id: str, erase: bool, yes: bool, config_path: Path | None,
 @handle_errors
 def export(output: Path, force: bool, db_path: Path | None, as_json: bool) -> None:
     """Write every identity and its embeddings to a portable file (mode 0600)."""
-    with GalleryStore(gallery_path(db_path)) as store:
+    with GalleryStore(gallery_path(db_path), read_only=True) as store:
         report = store.export(output, overwrite=force)
     if as_json:
         emit_json(report.to_json())

@@ -69,7 +69,7 @@ def identify(images: tuple[Path, ...], top: int, largest: bool, target_fmr: floa
     """
     path = gallery_path(db_path)
     failed = False
-    with GalleryStore(path) as store:
+    with GalleryStore(path, read_only=True) as store:
         table, threshold, table_path = load_threshold(store.model_id, target_fmr,
                                                       allow_unsafe_threshold)
         with GallerySearcher(store, table, threshold) as searcher, \

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
+from device import storage
 from device.audit import AuditLog
 from device.errors import AuditError, ConfigError, GalleryError, SyncError
 from device.gallery.exchange import ExportFile, read_export
@@ -465,7 +466,7 @@ class GallerySync:
         cp("build.check")
         _check_candidate(db, manifest, model, dim)
         cp("build.fsync_db")
-        os.chmod(db, 0o600)  # biometric data, whatever the umask
+        storage.make_private(db)  # biometric data, whatever the umask (created 0600 too)
         fsync_file(db)
         cp("build.manifest")
         (build / MANIFEST_FILE).write_bytes(manifest.encode())
@@ -507,7 +508,7 @@ class GallerySync:
     def _export_live(self, live: LiveInfo, stage: Path) -> ExportFile:
         out = stage / "base.jsonl"
         self._cp("delta.export")
-        with GalleryStore(live.path) as store:
+        with GalleryStore(live.path, read_only=True) as store:
             store.export(out, overwrite=True)
         try:
             return read_export(out)
@@ -697,9 +698,8 @@ def _check_hash(payload: Path, manifest: Manifest) -> None:
 def _set_gallery_id(db: Path, gallery_id: str) -> None:
     conn = connect(db, "rw", 5.0)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("UPDATE metadata SET gallery_id = ? WHERE id = 1", (gallery_id,))
-        conn.execute("COMMIT")
+        with storage.atomic(conn):
+            conn.execute("UPDATE metadata SET gallery_id = ? WHERE id = 1", (gallery_id,))
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
