@@ -359,9 +359,9 @@ def migrate(
 def is_disk_full(exc: BaseException) -> bool:
     """True for SQLite's ``SQLITE_FULL`` (and the OS's ENOSPC)."""
     if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
+        code: int | None = getattr(exc, "sqlite_errorcode", None)
         if code is not None:
-            return bool(code & 0xFF == sqlite3.SQLITE_FULL)
+            return (int(code) & 0xFF) == 13  # SQLITE_FULL
         return "database or disk is full" in str(exc)
     return isinstance(exc, OSError) and exc.errno == 28
 

@@ -46,8 +46,10 @@ def recovery_hint(path: Path) -> str:
 
 def damaged(path: Path, problems: Iterable[str]) -> GalleryDamagedError:
     """The error for a gallery file that failed its open-time check."""
+    found = list(problems)
+    shown = "; ".join(found[:2]) + (f"; {len(found) - 2} more" if len(found) > 2 else "")
     return GalleryDamagedError(
-        f"gallery {path} is damaged and was not used ({'; '.join(problems)}). "
+        f"gallery {path} is damaged and was not used ({shown}). "
         f"Recovery: {recovery_hint(path)}"
     )
 

@@ -244,6 +244,8 @@ class GalleryStore:
             conn = connect(self.path, "ro" if read_only else "rwc" if create else "rw",
                            busy_timeout_s)
         except (OSError, sqlite3.Error) as exc:
+            if exists and _is_corruption(exc):
+                raise damaged(self.path, [str(exc)]) from exc
             raise GalleryError(f"cannot open gallery {self.path}: {exc}") from exc
         self._writer: sqlite3.Connection | None = None if read_only else conn
         try:
@@ -296,8 +298,7 @@ class GalleryStore:
         except GalleryError:
             raise
         except sqlite3.Error as exc:
-            if exists and isinstance(exc, sqlite3.DatabaseError) \
-                    and not isinstance(exc, sqlite3.OperationalError):
+            if exists and _is_corruption(exc):
                 raise damaged(self.path, [str(exc)]) from exc
             raise GalleryError(f"cannot open gallery {self.path}: {exc}") from exc
         self.model_id = meta.model_id
@@ -1120,6 +1121,12 @@ def _identity(row: Sequence[Any]) -> Identity:
         created_at=float(row[7]), expires_at=None if row[8] is None else float(row[8]),
         face_count=int(row[9]),
     )
+
+
+def _is_corruption(exc: BaseException) -> bool:
+    """SQLite's "malformed" and "not a database" (not a lock, a full disk or a path)."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.OperationalError)
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:

@@ -51,7 +51,7 @@ from device.gallery.calibration import log_expected_fpir
 from device.gallery.live import LiveGallery
 from device.service.config import FacegateConfig
 from device.service.decision import TrackEnded, UnknownTrack
-from device.service.gallery import GalleryWatcher, gallery_version, open_gallery
+from device.service.gallery import GalleryStatus, GalleryWatcher, gallery_version, open_gallery
 from device.service.health import (
     camera_state,
     read_temperature,
@@ -160,6 +160,7 @@ class RecognitionService:
         self._sink: DecisionSink | None = None
         self._sync_agent: SyncAgent | None = None
         self._gallery_watch: GalleryWatcher | None = None
+        self._gallery_status = GalleryStatus(config.gallery_path)
         self._retention: RetentionJob | None = None
         self._processor: FrameProcessor | None = None
         self._runner: CameraRunner | None = None
@@ -218,10 +219,12 @@ class RecognitionService:
                              model_id=model_id, dim=dim, audit=self._audit, env=self._env)
             sync.recover()  # a crash mid-switch is repaired before the gallery is read
         self._gallery = open_gallery(cfg.gallery_path, model_id=model_id, dim=dim,
-                                     precision=cfg.gallery.precision)
+                                     precision=cfg.gallery.precision,
+                                     status=self._gallery_status)
         self._gallery_watch = GalleryWatcher(self._gallery, cfg.gallery_path,
                                              model_id=model_id, dim=dim,
-                                             on_loaded=self._gallery_loaded)
+                                             on_loaded=self._gallery_loaded,
+                                             status=self._gallery_status)
         self._gallery_loaded()
         self._processor = FrameProcessor(
             self._detector, self._embedder, self._gallery, threshold=self.threshold.value,
@@ -274,6 +277,7 @@ class RecognitionService:
         """The sync's hook: swap the index (old one answers meanwhile), then log."""
         assert self._gallery is not None
         self._gallery.on_switched(path, version)
+        self._gallery_status.set("loaded")
         self._gallery_loaded()
 
     def _gallery_loaded(self) -> None:
@@ -538,7 +542,8 @@ class RecognitionService:
                        if name in summary},
             "capture_to_ack": ack.to_json() if ack else None,
         }
-        if self._worker_error or (states and all(s == "failed" for s in states)):
+        if (self._worker_error or (states and all(s == "failed" for s in states))
+                or not self._gallery_status.matching):
             status = "error"
         elif any(s in ("failed", "stalled") for s in states) or self._errors:
             status = "degraded"
@@ -550,6 +555,7 @@ class RecognitionService:
             "uptime_s": round(time.monotonic() - self._started_at, 1),
             "temperature_c": read_temperature(self._temperature_file),
             "gallery_version": gallery,
+            "gallery": self._gallery_status.to_json(),
             "cameras": cameras,
             "pipeline": pipeline,
             **({"retention": self._retention.last.to_json()}

@@ -647,14 +647,16 @@ def read_status(layout: GalleryLayout, *, model_id: str | None = None,
                 clock: Callable[[], float] = time.time) -> GalleryState:
     """The last recorded sync outcome, for the live gallery as it is now (no keys needed).
 
-    Raises:
-        SyncError: The live gallery cannot be read.
+    A live gallery that is damaged or unreadable is reported as ``failed`` with the
+    reason in ``message`` (and version 0: nothing usable is live).
     """
     record = layout.read_record()
     try:
         live = layout.live_info()
-    except OSError as exc:
-        raise SyncError(str(exc)) from exc
+    except OSError as exc:  # damaged or unreadable: say so; the next sync replaces it
+        return GalleryState.of(None, outcome="error", status="failed", reason=None,
+                               message=f"the live gallery is not usable: {exc}",
+                               model_id=model_id, now=clock())
     outcome: Outcome = "ok"
     if record.status == "failed":
         outcome = "refused" if (record.message or "").startswith("refused") else "error"
