@@ -287,7 +287,7 @@ class MigrationError(StorageError):
 
 def is_blank(conn: sqlite3.Connection) -> bool:
     """True when the file has no tables, indexes or triggers yet."""
-    return conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+    return int(conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]) == 0
 
 
 def migrate(
