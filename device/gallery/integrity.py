@@ -49,7 +49,7 @@ def damaged(path: Path, problems: Iterable[str]) -> GalleryDamagedError:
     found = list(problems)
     shown = "; ".join(found[:2]) + (f"; {len(found) - 2} more" if len(found) > 2 else "")
     return GalleryDamagedError(
-        f"gallery {path} is damaged and was not used ({shown}). "
+        f"cannot open gallery {path}: it is damaged and was not used ({shown}). "
         f"Recovery: {recovery_hint(path)}"
     )
 
