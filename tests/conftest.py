@@ -44,3 +44,20 @@ def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
         pytest.skip("mosquitto not installed (bash provisioning/setup-dev.sh installs it)")
     with LocalBroker(workdir=tmp_path / "broker") as b:
         yield b
+
+
+@pytest.fixture()
+def small_fs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real 256 KiB tmpfs (needs root), unmounted after the test; skips without it."""
+    import subprocess
+
+    mount = tmp_path / "small_fs"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs",
+                           str(mount)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -31,9 +31,7 @@ the evidence.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import secrets
 import sqlite3
 import threading
@@ -45,7 +43,9 @@ from types import TracebackType
 from typing import Annotated, Final, Literal
 
 from pydantic import Field
+from sqlite_utils import Database
 
+from device import storage
 from device.audit.chain import (
     CHECKPOINT_TARGET,
     Anchor,
@@ -99,7 +99,6 @@ _SCHEMA: Final = (
     BEGIN
         SELECT RAISE(ABORT, 'audit records are append-only (only pruning deletes)');
     END""",
-    "PRAGMA user_version = 1",
 )
 
 Clock = Callable[[], datetime]
@@ -183,13 +182,12 @@ class PruneResult:
 
 def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     if readonly:
-        uri = f"{path.absolute().as_uri()}?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        conn = storage.connect_readonly(path, busy_timeout_s=BUSY_TIMEOUT_MS / 1000)
     else:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn = storage.connect(path, mode="rwc", busy_timeout_s=BUSY_TIMEOUT_MS / 1000,
+                               wal=False)
     # Damaged text must reach the hash check as the bytes it is, not crash the fetch.
     conn.text_factory = lambda data: data.decode("utf-8", "surrogateescape")
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     return conn
 
 
@@ -289,11 +287,8 @@ def verify(path: Path, expect: Sequence[ExpectedHead] = ()) -> VerifyResult:
     """
     conn = _open_existing(path)
     try:
-        conn.execute("BEGIN")  # one snapshot, even while the service appends
-        try:
+        with storage.snapshot(conn):  # one snapshot, even while the service appends
             return _verify_conn(conn, expect, where=str(path))
-        finally:
-            conn.execute("ROLLBACK")
     except sqlite3.DatabaseError as exc:
         return _damaged(f"{path} is not a readable SQLite database ({exc})")
     finally:
@@ -320,31 +315,30 @@ def read_records(
     """
     conn = _open_existing(path)
     try:
-        conn.execute("BEGIN")
-        if not _is_audit_db(conn):
-            raise AuditError(f"{path} is not a facegate audit log (no records table)")
-        log_id = _read_meta(conn).get("log_id", "")
-        if since is not None:
-            row = conn.execute(
-                "SELECT MIN(seq) FROM records WHERE ts >= ?", (format_ts(since),)
-            ).fetchone()
-            start = int(row[0]) if row and row[0] is not None else None
-            if start is None:
-                return log_id, []
-            cursor = conn.execute(
-                f"SELECT {_COLUMNS} FROM records WHERE seq >= ? ORDER BY seq", (start,)
-            )
-        elif last is not None:
-            cursor = conn.execute(
-                f"SELECT * FROM (SELECT {_COLUMNS} FROM records ORDER BY seq DESC LIMIT ?) "
-                "ORDER BY seq",
-                (max(last, 0),),
-            )
-        else:
-            cursor = conn.execute(f"SELECT {_COLUMNS} FROM records ORDER BY seq")
-        records = [AuditRecord(*row) for row in cursor]
-        conn.execute("ROLLBACK")
-        return log_id, records
+        with storage.snapshot(conn):
+            if not _is_audit_db(conn):
+                raise AuditError(f"{path} is not a facegate audit log (no records table)")
+            log_id = _read_meta(conn).get("log_id", "")
+            if since is not None:
+                row = conn.execute(
+                    "SELECT MIN(seq) FROM records WHERE ts >= ?", (format_ts(since),)
+                ).fetchone()
+                start = int(row[0]) if row and row[0] is not None else None
+                if start is None:
+                    return log_id, []
+                cursor = conn.execute(
+                    f"SELECT {_COLUMNS} FROM records WHERE seq >= ? ORDER BY seq", (start,)
+                )
+            elif last is not None:
+                cursor = conn.execute(
+                    f"SELECT * FROM (SELECT {_COLUMNS} FROM records ORDER BY seq DESC LIMIT ?) "
+                    "ORDER BY seq",
+                    (max(last, 0),),
+                )
+            else:
+                cursor = conn.execute(f"SELECT {_COLUMNS} FROM records ORDER BY seq")
+            records = [AuditRecord(*row) for row in cursor]
+            return log_id, records
     except sqlite3.DatabaseError as exc:
         raise AuditError(f"cannot read audit log {path}: {exc}") from exc
     finally:
@@ -419,43 +413,46 @@ class AuditLog:
         logger.info("audit log %s open (log id %s)", self.path, self.log_id)
 
     def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # Match decisions name people: owner-only from the first byte. SQLite gives the
-        # -wal and -shm files the same mode.
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        # Match decisions name people: owner-only from the first byte (storage creates
+        # the file 0600 whatever the umask; SQLite gives -wal and -shm the same mode).
         conn = _connect(self.path, readonly=False)
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
+        try:
+            storage.enable_wal(conn, self.path)
+        except storage.StorageError as exc:
             conn.close()
-            raise AuditError(f"audit log {self.path}: cannot use WAL (journal_mode={mode})")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA secure_delete = ON")
+            raise AuditError(f"audit log {self.path}: cannot use WAL ({exc})") from exc
         return conn
 
     def _ensure_schema(self) -> str:
         conn = self._require()
-        conn.execute("BEGIN IMMEDIATE")
+        if storage.schema_version(conn) == 0 and not storage.is_blank(conn) \
+                and not _is_audit_db(conn):
+            raise AuditError(f"{self.path} is a database, but not a facegate audit log")
+        created: list[str] = []
+
+        def create(db: Database) -> None:
+            if _is_audit_db(conn):  # written before the log kept schema_migrations
+                return
+            for statement in _SCHEMA:
+                db.execute(statement)
+            log_id = secrets.token_hex(16)
+            db.conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [("format", FORMAT), ("log_id", log_id),
+                 ("created_at", format_ts(self._clock())), ("head_seq", "0"),
+                 ("head_hash", GENESIS_HASH), ("pruned_through", "0")],
+            )
+            created.append(log_id)
+
+        migrations = (storage.Migration(1, "create meta and records", create),)
         try:
-            if not _is_audit_db(conn):
-                names = list(conn.execute("SELECT name FROM sqlite_master"))
-                if names:
-                    raise AuditError(f"{self.path} is a database, but not a facegate audit log")
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                log_id = secrets.token_hex(16)
-                created = format_ts(self._clock())
-                conn.executemany(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)",
-                    [("format", FORMAT), ("log_id", log_id), ("created_at", created),
-                     ("head_seq", "0"), ("head_hash", GENESIS_HASH), ("pruned_through", "0")],
-                )
-                logger.info("created audit log %s", self.path)
+            storage.migrate(conn, migrations, what=f"audit log {self.path}")
+        except storage.MigrationError as exc:
+            raise AuditError(str(exc)) from exc
+        if created:
+            logger.info("created audit log %s", self.path)
+        with storage.snapshot(conn):
             meta = _read_meta(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         if meta.get("format") != FORMAT or not meta.get("log_id"):
             raise AuditError(
                 f"audit log {self.path} has format {meta.get('format')!r}, expected {FORMAT!r}"
@@ -518,15 +515,11 @@ class AuditLog:
         with self._lock:
             conn = self._require()
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with storage.atomic(conn):
                     record = self._insert(conn, kind, payload_text, actor)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
-                raise AuditError(f"audit log {self.path}: append failed: {exc}") from exc
+                raise AuditError(f"audit log {self.path}: append failed: "
+                                 f"{storage.describe_error(self.path, exc)}") from exc
         logger.debug("audit %d %s by %s", record.seq, record.kind, actor)
         return record
 
@@ -761,13 +754,8 @@ class AuditLog:
         Raises:
             AuditError: The log is closed, or an expected head cannot be checked.
         """
-        with self._lock:
-            conn = self._require()
-            conn.execute("BEGIN")
-            try:
-                return _verify_conn(conn, expect, where=str(self.path))
-            finally:
-                conn.execute("ROLLBACK")
+        with self._lock, storage.snapshot(self._require()) as conn:
+            return _verify_conn(conn, expect, where=str(self.path))
 
     # --- retention ---------------------------------------------------------------------
 
@@ -796,15 +784,11 @@ class AuditLog:
         with self._lock:
             conn = self._require()
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with storage.atomic(conn):
                     result = self._prune_locked(conn, cutoff, actor)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
-                raise AuditError(f"audit log {self.path}: prune failed: {exc}") from exc
+                raise AuditError(f"audit log {self.path}: prune failed: "
+                                 f"{storage.describe_error(self.path, exc)}") from exc
         if result is not None:
             logger.info(
                 "audit log pruned records %d..%d (before %s); checkpoint is record %d",

@@ -68,7 +68,7 @@ def gallery_group() -> None:
 def info(db_path: Path | None, as_json: bool) -> None:
     """What the gallery is: model, dimension, version and counts."""
     path = gallery_path(db_path)
-    with GalleryStore(path) as store:
+    with GalleryStore(path, read_only=True) as store:
         meta = store.metadata()
         identities, faces = store.counts()
     if as_json:
@@ -92,7 +92,7 @@ def info(db_path: Path | None, as_json: bool) -> None:
 @handle_errors
 def list_identities(db_path: Path | None, as_json: bool) -> None:
     """Every enrolled identity, sorted by label."""
-    with GalleryStore(gallery_path(db_path)) as store:
+    with GalleryStore(gallery_path(db_path), read_only=True) as store:
         identities = store.list_identities()
     if as_json:
         emit_json([i.to_json() for i in identities])
@@ -138,7 +138,7 @@ def _by_id_or_label(store: GalleryStore, key: str) -> Identity:
 @handle_errors
 def show(identity: str, db_path: Path | None, as_json: bool) -> None:
     """One identity and its faces (never the embeddings), by id or by a unique label."""
-    with GalleryStore(gallery_path(db_path)) as store:
+    with GalleryStore(gallery_path(db_path), read_only=True) as store:
         ident = _by_id_or_label(store, identity)
         faces = store.faces(ident.id)
     if as_json:
@@ -277,7 +277,7 @@ def delete(identity_id: str, erase: bool, yes: bool, config_path: Path | None,
 @handle_errors
 def export(output: Path, force: bool, db_path: Path | None, as_json: bool) -> None:
     """Write every identity and its embeddings to a portable file (mode 0600)."""
-    with GalleryStore(gallery_path(db_path)) as store:
+    with GalleryStore(gallery_path(db_path), read_only=True) as store:
         report = store.export(output, overwrite=force)
     if as_json:
         emit_json(report.to_json())

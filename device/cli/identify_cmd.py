@@ -92,7 +92,7 @@ def identify(images: tuple[Path, ...], top: int, largest: bool, target_fmr: floa
     failed = False
     policy = ThresholdPolicy(target_fmr=target_fmr, threshold=explicit_threshold,
                              threshold_fmr=threshold_fmr, allow_unsafe=allow_unsafe_threshold)
-    with GalleryStore(path) as store:
+    with GalleryStore(path, read_only=True) as store:
         threshold = load_threshold(store.model_id, policy)
         with GallerySearcher(store, threshold) as searcher, \
                 open_finder(threads) as detector, \

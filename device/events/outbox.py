@@ -18,7 +18,6 @@ threads (a lock serialises access to its one connection).
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -28,31 +27,44 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from sqlite_utils import Database
+
+from device import storage
 from device.errors import PublishError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+_V1_STATEMENTS = (
+    """
+    CREATE TABLE IF NOT EXISTS outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        qos INTEGER NOT NULL CHECK (qos IN (0, 1, 2)),
+        expiry_s INTEGER CHECK (expiry_s IS NULL OR expiry_s > 0),
+        identity_id TEXT,
+        event_id TEXT,
+        created_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS outbox_identity ON outbox (identity_id) "
+    "WHERE identity_id IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0), ('expired', 0), "
+    "('purged', 0)",
+)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL CHECK (qos IN (0, 1, 2)),
-    expiry_s INTEGER CHECK (expiry_s IS NULL OR expiry_s > 0),
-    identity_id TEXT,
-    event_id TEXT,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_identity ON outbox (identity_id)
-    WHERE identity_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0), ('expired', 0), ('purged', 0);
-"""
+
+def _v1(db: Database) -> None:
+    for statement in _V1_STATEMENTS:
+        db.execute(statement)
+
+
+#: The outbox's schema history; see :func:`device.storage.migrate`.
+MIGRATIONS: tuple[storage.Migration, ...] = (
+    storage.Migration(1, "create outbox and meta", _v1),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,62 +141,56 @@ class Outbox:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Create the file owner-only: it holds labels. SQLite gives the -wal and
-            # -shm files the same permissions as the database file.
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
-            )
-        except (OSError, sqlite3.Error) as exc:
+            # Owner-only from the first byte (it holds labels); -wal and -shm follow.
+            conn = storage.connect(self.path, mode="rwc", busy_timeout_s=10.0,
+                                   foreign_keys=True, wal=False)
+        except (OSError, sqlite3.OperationalError) as exc:
             raise PublishError(f"cannot open outbox {self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise self._unusable(exc) from exc
         try:
             self._configure(conn)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise PublishError(
-                f"outbox {self.path} is not a usable SQLite database ({exc}); "
-                "move it aside and restart to create a new one"
-            ) from exc
+            raise self._unusable(exc) from exc
         except PublishError:
             conn.close()
             raise
         self._conn = conn
 
+    def _unusable(self, exc: sqlite3.DatabaseError) -> PublishError:
+        return PublishError(
+            f"outbox {self.path} is not a usable SQLite database ({exc}); "
+            "move it aside and restart to create a new one"
+        )
+
     def _configure(self, conn: sqlite3.Connection) -> None:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise PublishError(f"outbox {self.path}: cannot enable WAL (journal_mode={mode})")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA secure_delete=ON")
-        conn.execute("PRAGMA foreign_keys=ON")
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        try:
+            storage.enable_wal(conn, self.path)
+        except storage.StorageError as exc:
+            raise PublishError(f"outbox {self.path}: cannot enable WAL ({exc})") from exc
+        version = storage.schema_version(conn)
         if version > SCHEMA_VERSION:
             raise PublishError(
                 f"outbox {self.path} has schema version {version}, newer than this "
                 f"facegate ({SCHEMA_VERSION}); upgrade facegate or move the file aside"
             )
-        try:
-            conn.executescript(
-                f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-            )
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        storage.migrate(conn, MIGRATIONS, what=f"outbox {self.path}", clock=self._clock)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """Hold the lock and an IMMEDIATE transaction; commit on success."""
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        """Hold the lock and an IMMEDIATE transaction; commit on success.
+
+        A failed write keeps its own error: the rollback runs only while SQLite
+        still holds the transaction (after ``SQLITE_FULL`` it does not).
+        """
+        with self._lock, storage.atomic(self._connection()) as conn:
+            yield conn
+
+    def _failed(self, exc: sqlite3.Error) -> PublishError:
+        return PublishError(
+            f"cannot write to outbox {self.path}: {storage.describe_error(self.path, exc)}"
+        )
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -231,7 +237,7 @@ class Outbox:
                 )
                 row_id = cursor.lastrowid
         except sqlite3.Error as exc:
-            raise PublishError(f"cannot write to outbox {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
         if excess > 0:
             logger.warning(
                 "outbox %s full (%d rows): dropped the %d oldest event(s)",
@@ -281,7 +287,7 @@ class Outbox:
                 )
                 return int(cursor.rowcount)
         except sqlite3.Error as exc:
-            raise PublishError(f"cannot write to outbox {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
 
     def expire(self, *row_ids: int) -> int:
         """Delete rows whose message expiry passed before sending, counting them.
@@ -312,7 +318,7 @@ class Outbox:
                 conn.execute("UPDATE meta SET value = value + ? WHERE key = ?", (removed, counter))
                 return removed
         except sqlite3.Error as exc:
-            raise PublishError(f"cannot write to outbox {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
 
     def delete_for_identity(self, identity_id: str) -> int:
         """Erase every pending message about ``identity_id``; returns how many.
@@ -360,7 +366,7 @@ class Outbox:
                 )
                 conn.execute("UPDATE meta SET value = value + ? WHERE key = 'purged'", (removed,))
         except sqlite3.Error as exc:
-            raise PublishError(f"cannot write to outbox {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
         if removed:
             logger.info("outbox: retention removed %d event(s) older than %g s", removed, seconds)
         return removed

@@ -1,8 +1,12 @@
 """Checking a gallery file without changing it, and searching its raw bytes.
 
-:func:`integrity_check` is what gallery sync runs on a freshly built candidate
-before swapping it in; :func:`scan_files_for` is how deletion proves that erased
-bytes left the database, its WAL and its shared-memory file.
+:func:`integrity_check` is the full check (``facegate gallery check``, and what
+gallery sync runs on a freshly built candidate before swapping it in).
+:func:`open_problems` and :func:`content_problems` are the cheap part of it that
+every open for the service, enrolment or sync runs, so a damaged, truncated or
+empty file is refused (:class:`GalleryDamagedError`) before anything reads or
+writes it. :func:`scan_files_for` is how deletion proves that erased bytes left the
+database, its WAL and its shared-memory file.
 """
 
 from __future__ import annotations
@@ -18,7 +22,75 @@ from typing import Any
 import numpy as np
 
 from device.errors import GalleryError
+from device.gallery.records import GalleryMetadata
 from device.gallery.schema import SCHEMA_VERSION, connect, read_metadata, schema_version
+
+_QUICK_CHECK_LIMIT = 20
+
+
+class GalleryDamagedError(GalleryError):
+    """A gallery file failed the check run on every open; it was neither read nor written."""
+
+
+def recovery_hint(path: Path) -> str:
+    """How to get a usable gallery back, for the file at ``path``."""
+    target = path.resolve()
+    manifest = target.parent / "manifest.json"
+    if manifest.is_file():  # a synced gallery: sync keeps the manifest it was built from
+        return (f"it was built by gallery sync from the bundle described by {manifest}: "
+                "re-sync (publish that bundle again as a newer version, or run facegate "
+                "sync apply on a copy of it), or restore the file from a backup")
+    return ("restore it from a backup or a facegate gallery export, or re-sync it; "
+            "to start an empty gallery instead, move the file aside and enroll again")
+
+
+def damaged(path: Path, problems: Iterable[str]) -> GalleryDamagedError:
+    """The error for a gallery file that failed its open-time check."""
+    found = list(problems)
+    shown = "; ".join(found[:2]) + (f"; {len(found) - 2} more" if len(found) > 2 else "")
+    return GalleryDamagedError(
+        f"cannot open gallery {path}: it is damaged and was not used ({shown}). "
+        f"Recovery: {recovery_hint(path)}"
+    )
+
+
+def open_problems(conn: sqlite3.Connection, path: Path) -> list[str]:
+    """What SQLite finds wrong with an opened file, before anything writes to it.
+
+    An empty file (zero pages, also counting the WAL) and everything ``PRAGMA
+    quick_check`` reports (damaged pages, a truncated file) are problems.
+    """
+    try:
+        if int(conn.execute("PRAGMA page_count").fetchone()[0]) == 0:
+            size = path.stat().st_size if path.exists() else 0
+            return [f"the file is empty ({size} bytes): its creation was interrupted or it "
+                    "was truncated"]
+        messages = [str(r[0]) for r in
+                    conn.execute(f"PRAGMA quick_check({_QUICK_CHECK_LIMIT})")]
+    except sqlite3.DatabaseError as exc:
+        return [f"not a readable SQLite database: {exc}"]
+    if messages != ["ok"]:
+        return [f"quick_check: {m}" for m in messages]
+    return []
+
+
+def content_problems(conn: sqlite3.Connection, meta: GalleryMetadata) -> list[str]:
+    """The project's own checks that cost one SQL pass: embedding sizes, models, owners."""
+    problems: list[str] = []
+    bad_len = int(conn.execute("SELECT count(*) FROM faces WHERE typeof(embedding) != 'blob' "
+                               "OR length(embedding) != ?", (meta.dim * 4,)).fetchone()[0])
+    if bad_len:
+        problems.append(f"{bad_len} faces have embeddings that are not {meta.dim * 4} bytes "
+                        f"({meta.dim} float32)")
+    bad_model = int(conn.execute("SELECT count(*) FROM faces WHERE model_id != ?",
+                                 (meta.model_id,)).fetchone()[0])
+    if bad_model:
+        problems.append(f"{bad_model} faces come from a model other than {meta.model_id!r}")
+    orphans = int(conn.execute("SELECT count(*) FROM faces WHERE identity_id NOT IN "
+                               "(SELECT id FROM identities)").fetchone()[0])
+    if orphans:
+        problems.append(f"{orphans} faces belong to no identity")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -150,6 +222,9 @@ def integrity_check(
 def _check_into(conn: sqlite3.Connection, problems: list[str], found: dict[str, Any],
                 expect_model_id: str | None, expect_dim: int | None) -> None:
     conn.execute("BEGIN")
+    if int(conn.execute("PRAGMA page_count").fetchone()[0]) == 0:
+        problems.append("the file is empty: its creation was interrupted or it was truncated")
+        return
     messages = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(20)")]
     if messages != ["ok"]:
         problems.extend(f"integrity_check: {m}" for m in messages)
@@ -173,19 +248,9 @@ def _check_into(conn: sqlite3.Connection, problems: list[str], found: dict[str, 
     n_ident, n_faces = conn.execute(
         "SELECT (SELECT count(*) FROM identities), (SELECT count(*) FROM faces)").fetchone()
     found.update(identities=int(n_ident), faces=int(n_faces))
-    bad_len = int(conn.execute("SELECT count(*) FROM faces WHERE typeof(embedding) != 'blob' "
-                               "OR length(embedding) != ?", (meta.dim * 4,)).fetchone()[0])
-    if bad_len:
-        problems.append(f"{bad_len} faces have embeddings that are not {meta.dim * 4} bytes "
-                        f"({meta.dim} float32)")
-    bad_model = int(conn.execute("SELECT count(*) FROM faces WHERE model_id != ?",
-                                 (meta.model_id,)).fetchone()[0])
-    if bad_model:
-        problems.append(f"{bad_model} faces come from a model other than {meta.model_id!r}")
-    orphans = int(conn.execute("SELECT count(*) FROM faces WHERE identity_id NOT IN "
-                               "(SELECT id FROM identities)").fetchone()[0])
-    if orphans:
-        problems.append(f"{orphans} faces belong to no identity")
+    found_in_content = content_problems(conn, meta)
+    problems.extend(found_in_content)
+    bad_len = any("embeddings that are not" in p for p in found_in_content)
     if not bad_len:
         not_unit = 0
         cursor = conn.execute("SELECT embedding FROM faces")

@@ -22,33 +22,19 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from sqlite_utils import Database
 
+from device import storage
 from device.errors import GalleryError
 from device.gallery.records import GalleryMetadata
 
 logger = logging.getLogger(__name__)
 
 MigrationFn = Callable[[Database], None]
-
-
-@dataclass(frozen=True)
-class Migration:
-    """One step of the schema's history.
-
-    Attributes:
-        version: The schema version the file has after this migration (1, 2, …).
-        name: Short description recorded in ``schema_migrations``.
-        apply: Runs the migration's statements inside the open transaction.
-    """
-
-    version: int
-    name: str
-    apply: MigrationFn
-
+Migration = storage.Migration
 
 _V1_STATEMENTS: tuple[str, ...] = (
     # One row, id = 1: what the gallery is and which model its embeddings come from.
@@ -128,36 +114,23 @@ MIGRATIONS: tuple[Migration, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def connect(path: Path, mode: str, busy_timeout_s: float) -> sqlite3.Connection:
-    """Open a gallery file with the pragmas every connection needs.
+def connect(path: Path, mode: Literal["ro", "rw", "rwc"], busy_timeout_s: float
+            ) -> sqlite3.Connection:
+    """Open a gallery file with the pragmas every connection needs (see :mod:`device.storage`).
 
-    The connection is in autocommit mode (``isolation_level=None``): callers open
-    transactions explicitly. ``secure_delete`` is on, so deleted content is
-    overwritten; ``foreign_keys`` is on; temporary data stays in memory.
-
-    Args:
-        path: The database file.
-        mode: SQLite URI mode: ``ro``, ``rw`` or ``rwc`` (create if missing).
-        busy_timeout_s: How long a statement waits for another connection's lock.
+    ``ro`` opens read-only (the file is never written); ``rw`` and ``rwc`` (create,
+    mode 0600) open for writing with ``secure_delete`` and ``foreign_keys`` on, in
+    autocommit mode, *without* switching the journal mode, so a file can be checked
+    before anything is written to it.
 
     Raises:
-        sqlite3.Error: If the file cannot be opened.
-        GalleryError: If this SQLite build cannot enable ``secure_delete``.
+        sqlite3.Error: If the file cannot be opened or ``secure_delete`` is missing.
+        OSError: If a new file cannot be created.
     """
-    uri = f"{path.resolve().as_uri()}?mode={mode}"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
-                           timeout=busy_timeout_s)
-    try:
-        conn.execute("PRAGMA secure_delete = ON")
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA temp_store = MEMORY")
-        conn.execute("PRAGMA synchronous = FULL")
-        if conn.execute("PRAGMA secure_delete").fetchone()[0] != 1:
-            raise GalleryError("this SQLite build cannot enable secure_delete")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    if mode == "ro":
+        return storage.connect_readonly(path, busy_timeout_s=busy_timeout_s)
+    return storage.connect(path, mode=mode, busy_timeout_s=busy_timeout_s, foreign_keys=True,
+                           wal=False)
 
 
 def read_metadata(conn: sqlite3.Connection) -> GalleryMetadata | None:
@@ -171,17 +144,7 @@ def read_metadata(conn: sqlite3.Connection) -> GalleryMetadata | None:
                            float(row[5]), float(row[6]), schema_version(conn))
 
 
-def schema_version(conn: sqlite3.Connection) -> int:
-    """The file's schema version (``PRAGMA user_version``; 0 for a new file)."""
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
-
-
-def _check_sequence(migrations: Sequence[Migration]) -> None:
-    for index, migration in enumerate(migrations, start=1):
-        if migration.version != index:
-            raise ValueError(
-                f"migration {migration.name!r} has version {migration.version}, expected {index}"
-            )
+schema_version = storage.schema_version
 
 
 def migrate(
@@ -190,62 +153,20 @@ def migrate(
     *,
     clock: Callable[[], float] = time.time,
 ) -> tuple[int, ...]:
-    """Bring a gallery file up to the newest schema version.
-
-    Safe to call on every open and from several processes at once: each migration
-    runs in its own ``BEGIN IMMEDIATE`` transaction that re-reads the version first,
-    so a migration another process applied meanwhile is skipped.
-
-    Args:
-        conn: A connection in autocommit mode (``isolation_level=None``), with no
-            transaction open.
-        migrations: The migration list; the default is :data:`MIGRATIONS`.
-        clock: Time source for ``schema_migrations.applied_at``.
+    """Bring a gallery file up to the newest schema version (:func:`device.storage.migrate`).
 
     Returns:
         The versions applied by this call (empty when the file was current).
 
     Raises:
+        ValueError: The migration numbers are not consecutive.
         GalleryError: If the file's schema is newer than the newest migration (a
             gallery written by newer firmware), or a migration fails; the file then
             stays at the last version that committed.
     """
-    _check_sequence(migrations)
-    target = len(migrations)
-    current = schema_version(conn)
-    if current > target:
-        raise GalleryError(
-            f"gallery schema version {current} is newer than this firmware supports "
-            f"({target}); upgrade facegate or sync a gallery built for this version"
-        )
-    applied: list[int] = []
-    db = Database(conn, execute_plugins=False, recursive_triggers=False)
-    for migration in migrations[current:]:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if schema_version(conn) >= migration.version:  # another process won the race
-                conn.execute("ROLLBACK")
-                continue
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-            )
-            migration.apply(db)
-            conn.execute(
-                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                (migration.version, migration.name, clock()),
-            )
-            conn.execute(f"PRAGMA user_version = {int(migration.version)}")
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise GalleryError(
-                    f"gallery migration {migration.version} ({migration.name}) failed: {exc}"
-                ) from exc
-            raise
-        logger.info("gallery schema migrated to version %d (%s)", migration.version,
-                    migration.name)
-        applied.append(migration.version)
-    return tuple(applied)
+    try:
+        return storage.migrate(conn, migrations, what="gallery", clock=clock)
+    except storage.MigrationError as exc:
+        hint = ("; upgrade facegate or sync a gallery built for this version"
+                if "newer than" in str(exc) else "")
+        raise GalleryError(f"{exc}{hint}") from exc

@@ -53,9 +53,18 @@ from typing import IO, Any, Self
 import numpy as np
 import numpy.typing as npt
 
+from device import storage
 from device.errors import EnrollmentError, GalleryError
 from device.gallery.exchange import read_export, write_export
-from device.gallery.integrity import IntegrityReport, integrity_check, scan_files_for
+from device.gallery.integrity import (
+    GalleryDamagedError,
+    IntegrityReport,
+    content_problems,
+    damaged,
+    integrity_check,
+    open_problems,
+    scan_files_for,
+)
 from device.gallery.records import (
     DEFAULT_MAX_FACES_PER_IDENTITY,
     MAX_FACES_PER_IDENTITY_LIMIT,
@@ -71,7 +80,7 @@ from device.gallery.records import (
     TransferReport,
     iso_time,
 )
-from device.gallery.schema import connect, migrate, read_metadata
+from device.gallery.schema import SCHEMA_VERSION, connect, migrate, read_metadata, schema_version
 from device.types import Embedding, FloatArray
 
 logger = logging.getLogger(__name__)
@@ -166,20 +175,28 @@ def _decode(blob: bytes, dim: int) -> FloatArray:
 class GalleryStore:
     """One gallery file: enrollment, lookup, deletion, export and import.
 
-    A context manager; :meth:`close` is idempotent. Opening migrates an older file to
-    the current schema; reopening a current file costs a few pragmas and one read.
+    A context manager; :meth:`close` is idempotent. Opening an existing file first
+    checks it (``PRAGMA quick_check``, an empty or truncated file, the embeddings'
+    sizes, models and owners) and refuses a damaged one before writing anything;
+    then it migrates an older file to the current schema. A new file is created
+    owner-only (0600, with its WAL and shared-memory files) whatever the umask, and
+    an existing one is tightened to 0600 when opened for writing.
 
     Args:
         path: The database file.
         model_id: The embedder the caller runs. Required to create a gallery; when
             given for an existing one, it must match the file's.
         dim: The caller's embedding dimension; same rules as ``model_id``.
-        create: Create the file (and its directory) if it does not exist.
+        create: Create the file (and its directory) if it does not exist, or finish
+            creating one whose metadata row is missing.
+        read_only: Open with ``mode=ro``: the file is never written (writes raise).
         max_faces_per_identity: Face cap per identity (1–100).
         busy_timeout_s: How long to wait for another process's write lock.
         clock: Time source, seconds since the epoch.
 
     Raises:
+        GalleryDamagedError: If the file is damaged, truncated or empty (the message
+            names the file and the recovery).
         GalleryError: If the file is missing (and ``create`` is false), is not a
             gallery, was written by newer firmware, or was made with a different
             model or dimension than the caller's.
@@ -192,6 +209,7 @@ class GalleryStore:
         model_id: str | None = None,
         dim: int | None = None,
         create: bool = False,
+        read_only: bool = False,
         max_faces_per_identity: int = DEFAULT_MAX_FACES_PER_IDENTITY,
         busy_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.time,
@@ -212,46 +230,82 @@ class GalleryStore:
         self._idle: list[sqlite3.Connection] = []
         self._readers: list[sqlite3.Connection] = []
         self._closed = False
-        if not self.path.exists():
-            if not create:
+        self.read_only = read_only
+        exists = self.path.exists()
+        if not exists:
+            if not create or read_only:
                 raise GalleryError(
                     f"no gallery at {self.path}; enroll someone or sync a gallery first "
                     "(or pass --db to point at another file)"
                 )
             if model_id is None or dim is None:
                 raise GalleryError(f"creating gallery {self.path} needs a model id and dimension")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._writer = connect(self.path, "rwc" if create else "rw", busy_timeout_s)
-        except sqlite3.Error as exc:
+            conn = connect(self.path, "ro" if read_only else "rwc" if create else "rw",
+                           busy_timeout_s)
+        except (OSError, sqlite3.Error) as exc:
+            if exists and _is_corruption(exc):
+                raise damaged(self.path, [str(exc)]) from exc
             raise GalleryError(f"cannot open gallery {self.path}: {exc}") from exc
+        self._writer: sqlite3.Connection | None = None if read_only else conn
         try:
-            self._open(model_id, dim)
+            self._open(conn, model_id, dim, exists=exists, create=create)
         except BaseException:
-            self._writer.close()
+            conn.close()
             raise
+        if read_only:
+            self._readers.append(conn)
+            self._idle.append(conn)
         logger.debug("opened gallery %s (model %s, dim %d)", self.path, self.model_id, self.dim)
 
-    def _open(self, model_id: str | None, dim: int | None) -> None:
-        conn = self._writer
+    def _open(self, conn: sqlite3.Connection, model_id: str | None, dim: int | None, *,
+              exists: bool, create: bool) -> None:
         try:
-            mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
-            if mode.lower() != "wal":
+            if exists:
+                problems = open_problems(conn, self.path)
+                if problems:
+                    raise damaged(self.path, problems)
+            if not self.read_only:
+                storage.make_private(self.path)
+                storage.enable_wal(conn, self.path)
+            version = schema_version(conn)
+            if self.read_only and version < SCHEMA_VERSION:
+                if version == 0 and storage.is_blank(conn):
+                    raise GalleryError(
+                        f"gallery {self.path} has no tables (creation was interrupted); "
+                        "delete the file and enroll again"
+                    )
                 raise GalleryError(
-                    f"gallery {self.path} cannot use WAL mode (got {mode!r}); "
-                    "put it on a local file system"
+                    f"gallery {self.path} has schema version {version}; open it once with a "
+                    f"writing command (this firmware writes version {SCHEMA_VERSION})"
                 )
-            migrate(conn, clock=self._clock)
+            if not self.read_only:
+                if exists and version == 0 and not storage.is_blank(conn):
+                    raise GalleryError(f"{self.path} is a database, but not a facegate gallery")
+                migrate(conn, clock=self._clock)
             meta = read_metadata(conn)
             if meta is None:
-                if model_id is None or dim is None:
+                if not create or model_id is None or dim is None or self.read_only:
                     raise GalleryError(
                         f"gallery {self.path} has no metadata (creation was interrupted); "
                         "delete the file and enroll again"
                     )
                 meta = self._init_metadata(model_id, dim)
+            self._check_model(meta, model_id, dim)
+            problems = content_problems(conn, meta)
+            if problems:
+                raise damaged(self.path, problems)
+        except GalleryError:
+            raise
         except sqlite3.Error as exc:
+            if exists and _is_corruption(exc):
+                raise damaged(self.path, [str(exc)]) from exc
             raise GalleryError(f"cannot open gallery {self.path}: {exc}") from exc
+        self.model_id = meta.model_id
+        self.dim = meta.dim
+
+    def _check_model(self, meta: GalleryMetadata, model_id: str | None, dim: int | None
+                     ) -> None:
         if model_id is not None and model_id != meta.model_id:
             raise GalleryError(
                 f"gallery {self.path} holds embeddings of model {meta.model_id!r}, but this "
@@ -262,31 +316,28 @@ class GalleryStore:
                 f"gallery {self.path} holds {meta.dim}-dimensional embeddings, but the "
                 f"embedder makes {dim}-dimensional ones; the gallery and the model do not match"
             )
-        self.model_id = meta.model_id
-        self.dim = meta.dim
 
     def _init_metadata(self, model_id: str, dim: int) -> GalleryMetadata:
         if not model_id:
             raise GalleryError("model id must not be empty")
-        conn = self._writer
+        conn = self._require_writer("create the gallery")
         now = self._clock()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with storage.atomic(conn):
             if read_metadata(conn) is None:
                 conn.execute(
                     "INSERT INTO metadata (id, gallery_id, version, revision, model_id, dim, "
                     "created_at, updated_at) VALUES (1, ?, 0, 0, ?, ?, ?, ?)",
                     (uuid.uuid4().hex, model_id, dim, now, now),
                 )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         meta = read_metadata(conn)
         assert meta is not None
         logger.info("created gallery %s for model %s (dim %d)", self.path, model_id, dim)
         return meta
+
+    def _require_writer(self, action: str) -> sqlite3.Connection:
+        if self._writer is None:
+            raise GalleryError(f"cannot {action}: gallery {self.path} was opened read-only")
+        return self._writer
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -311,7 +362,8 @@ class GalleryStore:
         for conn in readers:
             conn.close()
         with self._write_lock:
-            self._writer.close()
+            if self._writer is not None:
+                self._writer.close()
         logger.debug("closed gallery %s", self.path)
 
     @property
@@ -330,7 +382,8 @@ class GalleryStore:
             conn = self._idle.pop() if self._idle else None
         if conn is None:
             try:
-                conn = connect(self.path, "rw", self._busy_timeout_s)
+                conn = connect(self.path, "ro" if self.read_only else "rw",
+                               self._busy_timeout_s)
                 conn.execute("PRAGMA query_only = ON")
             except sqlite3.Error as exc:
                 raise GalleryError(f"cannot read gallery {self.path}: {exc}") from exc
@@ -358,21 +411,22 @@ class GalleryStore:
         """The writer connection inside ``BEGIN IMMEDIATE``; commits, or rolls back."""
         self._check_open()
         with self._write_lock:
-            conn = self._writer
+            conn = self._require_writer(action)
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
                 raise error(
-                    f"cannot {action}: gallery {self.path} is locked by another writer ({exc})"
+                    f"cannot {action}: gallery {self.path} is locked by another writer "
+                    f"({storage.describe_error(self.path, exc)})"
                 ) from exc
             try:
                 yield conn
                 conn.execute("COMMIT")
             except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                storage.rollback_quietly(conn)  # only if SQLite has not rolled back already
                 if isinstance(exc, sqlite3.Error):
-                    raise error(f"cannot {action} in gallery {self.path}: {exc}") from exc
+                    raise error(f"cannot {action} in gallery {self.path}: "
+                                f"{storage.describe_error(self.path, exc)}") from exc
                 raise
 
     def _touch(self, conn: sqlite3.Connection) -> None:
@@ -861,7 +915,8 @@ class GalleryStore:
 
     def _checkpoint_locked(self) -> None:
         try:
-            busy, log, done = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            busy, log, done = self._require_writer("checkpoint").execute(
+                "PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except sqlite3.Error as exc:
             raise GalleryError(f"cannot checkpoint gallery {self.path}: {exc}") from exc
         if busy:
@@ -873,7 +928,7 @@ class GalleryStore:
     def _compact_locked(self) -> None:
         self._checkpoint_locked()
         try:
-            self._writer.execute("VACUUM")
+            self._require_writer("compact").execute("VACUUM")
         except sqlite3.Error as exc:
             raise GalleryError(f"cannot VACUUM gallery {self.path}: {exc}") from exc
         self._checkpoint_locked()
@@ -1068,6 +1123,12 @@ def _identity(row: Sequence[Any]) -> Identity:
     )
 
 
+def _is_corruption(exc: BaseException) -> bool:
+    """SQLite's "malformed" and "not a database" (not a lock, a full disk or a path)."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.OperationalError)
+
+
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), _SQL_CHUNK):
         yield items[start:start + _SQL_CHUNK]
@@ -1080,6 +1141,7 @@ __all__ = [
     "EnrollmentBatch",
     "FaceRecord",
     "GalleryConfig",
+    "GalleryDamagedError",
     "GalleryMatrix",
     "GalleryMetadata",
     "GalleryStore",

@@ -142,16 +142,21 @@ class Housekeeping:
 
     # ---- the jobs ------------------------------------------------------------------
 
-    def reload_gallery(self) -> bool:
+    def reload_gallery(self, *, strict: bool = False) -> bool:
         """Reload the live gallery if its file changed; True when it did. Any thread.
 
+        Args:
+            strict: Raise when the changed file cannot be loaded (a sync's switch,
+                which then undoes it); otherwise that is logged once per condition.
+
         Raises:
-            DeviceError: The changed file cannot be loaded (the old gallery stays).
+            GalleryError, sqlite3.Error, OSError: Only with ``strict``; the old
+                gallery stays.
         """
         if self.watcher is None:
             return False
         with self._reload_lock:
-            reloaded = self.watcher.check()
+            reloaded = self.watcher.check(strict=strict)
             if reloaded and self._on_reloaded is not None:
                 self._on_reloaded()
         return reloaded

@@ -54,7 +54,7 @@ from device.events.notify import Notifier
 from device.gallery.live import LiveGallery
 from device.service.config import FacegateConfig
 from device.service.decision import TrackEnded, UnknownTrack
-from device.service.gallery import GalleryWatcher, gallery_version, open_gallery
+from device.service.gallery import GalleryStatus, GalleryWatcher, gallery_version, open_gallery
 from device.service.health import camera_state, health_payload, read_temperature, temperature_file
 from device.service.housekeeping import Housekeeping
 from device.service.queue import PipelineQueue
@@ -161,6 +161,7 @@ class RecognitionService:
         self._sync_agent: SyncAgent | None = None
         self._housekeeping: Housekeeping | None = None
         self._state_lock = StateLock(config.state_dir, SERVICE_HOLDER)
+        self._gallery_status = GalleryStatus(config.gallery_path)
         self._retention: RetentionJob | None = None
         self._processor: FrameProcessor | None = None
         self._runner: CameraRunner | None = None
@@ -216,8 +217,10 @@ class RecognitionService:
                              model_id=model_id, dim=dim, audit=self._audit, env=self._env)
             sync.recover()  # a crash mid-switch is repaired before the gallery is read
         self._gallery = open_gallery(cfg.gallery_path, model_id=model_id, dim=dim,
-                                     precision=cfg.gallery.precision)
-        watcher = GalleryWatcher(self._gallery, cfg.gallery_path, model_id=model_id, dim=dim)
+                                     precision=cfg.gallery.precision,
+                                     status=self._gallery_status)
+        watcher = GalleryWatcher(self._gallery, cfg.gallery_path, model_id=model_id, dim=dim,
+                                 status=self._gallery_status)
         self._gallery_loaded()
         self._processor = FrameProcessor(
             self._detector, self._embedder, self._gallery, threshold=self.threshold.value,
@@ -274,7 +277,7 @@ class RecognitionService:
             DeviceError: It cannot be loaded (the sync then undoes the switch).
         """
         assert self._housekeeping is not None
-        if not self._housekeeping.reload_gallery():
+        if not self._housekeeping.reload_gallery(strict=True):
             logger.debug("gallery %s (version %d) was already loaded", path, version)
 
     def _gallery_loaded(self) -> None:
@@ -534,7 +537,8 @@ class RecognitionService:
                        if name in summary},
             "capture_to_ack": ack.to_json() if ack else None,
         }
-        if self._worker_error or (states and all(s == "failed" for s in states)):
+        if (self._worker_error or (states and all(s == "failed" for s in states))
+                or not self._gallery_status.matching):
             status = "error"
         elif (any(s in ("failed", "stalled") for s in states) or self._errors
               or (self._publisher is not None and self._publisher.status().broker_down)):
@@ -547,6 +551,7 @@ class RecognitionService:
             "uptime_s": round(time.monotonic() - self._started_at, 1),
             "temperature_c": read_temperature(self._temperature_file),
             "gallery_version": gallery,
+            "gallery": self._gallery_status.to_json(),
             "cameras": cameras,
             "pipeline": pipeline,
             **({"retention": self._retention.last.to_json()}

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
+from device import storage
 from device.audit import AuditLog
 from device.errors import AuditError, ConfigError, GalleryError, SyncError
 from device.gallery.exchange import ExportFile, read_export
@@ -468,7 +469,7 @@ class GallerySync:
         cp("build.check")
         _check_candidate(db, manifest, model, dim)
         cp("build.fsync_db")
-        os.chmod(db, 0o600)  # biometric data, whatever the umask
+        storage.make_private(db)  # biometric data, whatever the umask (created 0600 too)
         fsync_file(db)
         cp("build.manifest")
         (build / MANIFEST_FILE).write_bytes(manifest.encode())
@@ -511,7 +512,7 @@ class GallerySync:
     def _export_live(self, live: LiveInfo, stage: Path) -> ExportFile:
         out = stage / "base.jsonl"
         self._cp("delta.export")
-        with GalleryStore(live.path) as store:
+        with GalleryStore(live.path, read_only=True) as store:
             store.export(out, overwrite=True)
         try:
             return read_export(out)
@@ -666,14 +667,16 @@ def read_status(layout: GalleryLayout, *, model_id: str | None = None,
                 clock: Callable[[], float] = time.time) -> GalleryState:
     """The last recorded sync outcome, for the live gallery as it is now (no keys needed).
 
-    Raises:
-        SyncError: The live gallery cannot be read.
+    A live gallery that is damaged or unreadable is reported as ``failed`` with the
+    reason in ``message`` (and version 0: nothing usable is live).
     """
     record = layout.read_record()
     try:
         live = layout.live_info()
-    except OSError as exc:
-        raise SyncError(str(exc)) from exc
+    except OSError as exc:  # damaged or unreadable: say so; the next sync replaces it
+        return GalleryState.of(None, outcome="error", status="failed", reason=None,
+                               message=f"the live gallery is not usable: {exc}",
+                               model_id=model_id, now=clock(), last_refusal=record.refusal)
     return state_of_record(record, live, model_id=model_id, now=record.updated_at or clock())
 
 
@@ -723,9 +726,8 @@ def _check_hash(payload: Path, manifest: Manifest) -> None:
 def _set_gallery_id(db: Path, gallery_id: str) -> None:
     conn = connect(db, "rw", 5.0)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("UPDATE metadata SET gallery_id = ? WHERE id = 1", (gallery_id,))
-        conn.execute("COMMIT")
+        with storage.atomic(conn):
+            conn.execute("UPDATE metadata SET gallery_id = ? WHERE id = 1", (gallery_id,))
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()

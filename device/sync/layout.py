@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from device.gallery.integrity import damaged, open_problems
 from device.gallery.schema import connect, read_metadata
 from device.sync.fsutil import (
     Checkpoint,
@@ -251,6 +252,9 @@ class GalleryLayout:
         except sqlite3.Error as exc:
             raise OSError(f"cannot open live gallery {target}: {exc}") from exc
         try:
+            problems = open_problems(conn, target)
+            if problems:
+                raise OSError(str(damaged(target, problems)))
             conn.execute("BEGIN")
             meta = read_metadata(conn)
             counts = conn.execute("SELECT (SELECT count(*) FROM identities), "
@@ -354,7 +358,11 @@ class GalleryLayout:
                     self._cp(f"recover.stale{suffix}")
                     stale.unlink()
                     removed.append(str(stale))
-        info = self.live_info() if self.live.exists() else None
+        try:
+            info = self.live_info() if self.live.exists() else None
+        except OSError as exc:  # a damaged live gallery: the next sync replaces it
+            logger.error("%s", exc)
+            info = None
         live_version = None if info is None else info.version
         if self.versions.is_dir():
             for entry in sorted(self.versions.iterdir()):
