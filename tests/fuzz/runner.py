@@ -41,7 +41,7 @@ from tests.fuzz.harness import TARGETS, Harness, target_module
 
 REPO = Path(__file__).resolve().parents[2]
 _DONE = re.compile(r"Done (\d+) runs in (\d+) second")
-_FINAL = re.compile(r"DONE\s+(cov: \d+ ft: \d+ corp: \d+/\d+b)")
+_FINAL = re.compile(r"DONE\s+(cov: \d+ ft: \d+ corp: \d+/\d+[KM]?b)")
 
 
 @dataclass(frozen=True)

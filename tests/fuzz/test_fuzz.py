@@ -24,19 +24,19 @@ SHORT_RUNS = {
     "image": 4000,
     "config": 3000,
     "manifest": 2000,
-    "sync_manifest": 1500,
+    "sync_manifest": 1000,
     "sync_chunk": 5000,
-    "sync_payload": 500,
+    "sync_payload": 300,
     "mqtt_events": 10000,
 }
 
 #: Inputs per target in the long run (a minute or two each).
 LONG_RUNS = {
-    "image": 40000,
-    "config": 30000,
-    "manifest": 20000,
+    "image": 60000,
+    "config": 100000,
+    "manifest": 100000,
     "sync_manifest": 15000,
-    "sync_chunk": 100000,
+    "sync_chunk": 300000,
     "sync_payload": 6000,
     "mqtt_events": 300000,
 }

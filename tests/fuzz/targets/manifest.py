@@ -24,7 +24,7 @@ def prepare(workdir: Path) -> Harness:
     from tests.fuzz.targets._world import build, resign
 
     bundles = build(workdir / "world")
-    trusted = bundles.world.trusted(0, 1)
+    trusted = bundles.trusted()
     seeds = bundles.manifests()
     bundle_dir = workdir / "bundle"
     bundle_dir.mkdir()

@@ -29,7 +29,7 @@ def prepare(workdir: Path) -> Harness:
     from tests.integration.sync_support import UNIT
 
     bundles = build(workdir / "world")
-    agent = SyncAgent(bundles.world.sync(), MqttConfig(unit_id=UNIT,
+    agent = SyncAgent(bundles.sync(), MqttConfig(unit_id=UNIT,
                                                        outbox_path=workdir / "outbox.db"),
                       SyncConfig(prefer_url=False))
     topics = (manifest_topic(None), manifest_topic(UNIT))

@@ -23,8 +23,12 @@ INSTRUMENT = ("device.sync", "device.gallery", "json")
 MAX_LEN = 16 * 1024
 
 
-def fix_header(data: bytes) -> bytes:
-    """``data`` with its first line's ``content_sha256`` set to the rest's sha256."""
+def fix_header(data: bytes, **fields: object) -> bytes:
+    """``data`` with ``fields`` and ``content_sha256`` (of the rest) set in its first line.
+
+    What an operator's bundle builder does; it lets the fuzzer's mutations reach the
+    records behind the header's checks.
+    """
     head, newline, body = data.partition(b"\n")
     try:
         header: Any = json.loads(head)
@@ -32,7 +36,7 @@ def fix_header(data: bytes) -> bytes:
         return data
     if not isinstance(header, dict) or not newline:
         return data
-    header["content_sha256"] = hashlib.sha256(body).hexdigest()
+    header.update(fields, content_sha256=hashlib.sha256(body).hexdigest())
     try:
         line = json.dumps(header, separators=(",", ":")).encode()
     except (ValueError, TypeError, RecursionError):
@@ -49,6 +53,7 @@ def _count(header: dict[str, Any], key: str) -> int:
 def prepare(workdir: Path) -> Harness:
     from device.errors import SyncError
     from device.sync.bundle import describe_payload
+    from device.sync.layout import GalleryLayout
     from device.sync.manifest import format_time, unsigned
     from device.sync.reasons import SyncRefusedError
     from device.sync.transport import copy_file
@@ -56,20 +61,24 @@ def prepare(workdir: Path) -> Harness:
     from tests.gallery_helpers import DIM, MODEL, T0
 
     bundles = build(workdir / "world")
-    sync = bundles.world.sync()
-    layout = bundles.world.layout
+    sync = bundles.sync()
+    layout = GalleryLayout(bundles.unit_db)
     seeds = (b"\x00" + (bundles.full.directory / "payload").read_bytes(),
              b"\x01" + (bundles.delta.directory / "payload").read_bytes())
     source = workdir / "payload.jsonl"
 
     def one_input(data: bytes) -> None:
         delta = bool(data[:1]) and data[0] % 2 == 1
-        payload = fix_header(data[1:])
+        live = layout.live_info()
+        version = (live.version if live else 0) + 1
+        gallery_id = live.gallery_id if live else "fuzz"
+        fields: dict[str, object] = {"version": version, "gallery_id": gallery_id}
+        if delta and live:
+            fields["base_version"] = live.version
+        payload = fix_header(data[1:], **fields)
         if not payload:
             return
         source.write_bytes(payload)
-        live = layout.live_info()
-        version = (live.version if live else 0) + 1
         try:
             header = json.loads(payload.partition(b"\n")[0])
         except (ValueError, RecursionError):
@@ -77,7 +86,7 @@ def prepare(workdir: Path) -> Harness:
         header = header if isinstance(header, dict) else {}
         try:
             manifest = unsigned(
-                gallery_id=live.gallery_id if live else "fuzz", version=version,
+                gallery_id=gallery_id, version=version,
                 created=format_time(T0), expires=format_time(T0 + 86400 * 30),
                 model_id=MODEL, dim=DIM, kind="delta" if delta and live else "full",
                 base_version=live.version if delta and live else None, units=None,
