@@ -279,7 +279,12 @@ class SyncAgent:
 
     def _on_message(self, client: mqtt.Client, userdata: Any,
                     message: mqtt.MQTTMessage) -> None:
-        topic = message.topic
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # raising here would stop paho's network loop
+            logger.warning("ignored a %d-byte message on a topic that is not UTF-8",
+                           len(message.payload))
+            return
         data = bytes(message.payload)
         if topic in self._manifest_topics:
             with self._cond:

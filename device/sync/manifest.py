@@ -97,9 +97,12 @@ def parse_time(text: str, name: str) -> float:
         raise SyncRefusedError(Reason.MALFORMED,
                                f"{name} is not a UTC time like 2025-06-15T12:00:00Z")
     try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+        epoch = datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
     except ValueError as exc:
         raise SyncRefusedError(Reason.MALFORMED, f"{name} is not a valid date") from exc
+    if epoch < 0:  # nothing was signed then, and format_time could not give it back
+        raise SyncRefusedError(Reason.MALFORMED, f"{name} {text} is before 1970")
+    return epoch
 
 
 @dataclass(frozen=True)

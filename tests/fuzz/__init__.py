@@ -1,0 +1,1 @@
+"""Fuzz harness: one target per parser of untrusted input, run by :mod:`tests.fuzz.runner`."""
