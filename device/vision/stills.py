@@ -1,28 +1,28 @@
 """Finding faces in still photos for embedding: a close-range pass and keypoint refinement.
 
-Two things a single BlazeFace pass does badly on photos, both measured on
-``../shared/datasets`` (see ``models/derive_template.py``):
+Two things a single BlazeFace full-range pass does badly on photos (the evaluation
+behind them: ``models/derive_template.py`` and ``facegate eval pairs``):
 
-* **Tightly cropped faces** (passport photos, LFW's 350×350 crops) fill the frame;
-  BlazeFace was trained with context around faces and misses most of them (the
-  full-range model alone finds a face in 1,018 of LFW's 5,125 crops). Zooming out —
-  padding the image with black — finds them: with the short-range model on the image
-  padded by 20 %, all 5,125.
-  It runs on every photo, not only when the full-range pass finds nothing: on a
-  tight crop the full-range model may find only a small face in the background and
-  miss the large one in front (LFW's Colin_Powell_0148), and the largest face is
-  the one wanted. Its faces and the full-range pass's are merged (IoU > 0.3: one
-  face, the higher score kept).
+* **Tightly cropped faces** (passport photos, LFW's crops) fill the frame; BlazeFace
+  was trained with context around faces and misses most of them. Zooming out —
+  padding the image with black — and running the short-range model finds them.
+  The close-range pass runs on every photo, not only when the full-range pass finds
+  nothing: on a tight crop the full-range model may find only a small face in the
+  background, or a small box inside the large face, and miss the large one in front.
+  The passes' faces are merged: two detections are one face when their boxes overlap
+  or one lies mostly inside the other (the models box a face at different extents),
+  the higher score kept. A face only the close-range pass saw is added where the
+  full-range pass found none at all (a crop it cannot read); where it did find faces,
+  the photo is one it reads, and the short-range model, seeing the whole photo at
+  128 pixels, also answers to blurred crowds and to heads with shoulders: such a face
+  is added only if the full-range model finds it again on the refinement crops
+  around it.
 * **Keypoint precision** depends on the face's size in the model input: a face
   filling the input, or a small face in a large frame, gets coarse keypoints. A
-  second pass of the full-range model on a square crop three times the face's size
-  (so the face fills about a third of its input, the scale it handles best) brought
-  the aligned chip closer to dlib's own chip: median RMS error 3.13 → 2.75 chip
-  pixels on LFW, 2.62 → 2.01 on deepface photos (eyes + mouth keypoints). Each
-  pass's keypoints still jitter by a pixel or two with the crop, so three crops
-  (2.5, 3 and 3.5 times the face) are averaged: chip error vs dlib 2.78 → 2.45 px
-  on LFW; on all LFW pairs TAR at FMR 1e-4 0.828 → 0.834 and EER 1.92 % → 1.64 %
-  (two more BlazeFace runs per face). Without refinement: TAR@1e-4 0.816.
+  second pass of the full-range model on a square crop about three times the face's
+  size (the face fills about a third of its input, the scale it handles best) brings
+  the aligned chip closer to dlib's own. Each pass's keypoints still jitter by a
+  pixel or two with the crop, so several crops (:data:`REFINE_SCALES`) are averaged.
 
 :class:`StillFaceFinder` combines them behind the :class:`~device.vision.detect.Detector`
 protocol, so :func:`device.vision.embed.embed_faces` takes it like any detector.
@@ -31,6 +31,7 @@ protocol, so :func:`device.vision.embed.embed_faces` takes it like any detector.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -60,6 +61,9 @@ REFINE_MAX_SIDE = 1024
 REFINE_MIN_IOU = 0.3
 #: Detections of the two passes overlapping more than this are the same face.
 MERGE_IOU = 0.3
+#: ... and so are two whose smaller box lies this much inside the larger (as when
+#: tiles are merged across scales, :class:`~device.vision.tiling.TilingConfig`).
+MERGE_CONTAINMENT = 0.6
 
 
 def zoom_out(image: Image, margin: float) -> tuple[Image, int]:
@@ -108,14 +112,43 @@ def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, flo
     return inter / union if union > 0 else 0.0
 
 
-def merge_detections(first: list[Detection], second: list[Detection]) -> list[Detection]:
-    """Union of two passes' faces: overlapping ones (IoU > :data:`MERGE_IOU`) are one face,
-    the higher-scoring detection kept."""
+def _containment(a: tuple[float, float, float, float],
+                 b: tuple[float, float, float, float]) -> float:
+    """The share of the smaller of two boxes that lies inside the other."""
+    iw = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    smaller = min(a[2] * a[3], b[2] * b[3])
+    return iw * ih / smaller if smaller > 0 else 0.0
+
+
+def same_face(a: Detection, b: Detection) -> bool:
+    """Whether two passes' detections are one face: their boxes overlap (IoU >
+    :data:`MERGE_IOU`), or one lies mostly inside the other (:data:`MERGE_CONTAINMENT`).
+
+    The second test is needed because the two models box a face at different extents:
+    a model seeing a face below its usual scale may return a loose box around head
+    and shoulders, whose IoU with the tight box is small.
+    """
+    return _iou(a.box, b.box) > MERGE_IOU or _containment(a.box, b.box) >= MERGE_CONTAINMENT
+
+
+def merge_detections(
+    first: list[Detection],
+    second: list[Detection],
+    accept: Callable[[Detection], bool] | None = None,
+) -> list[Detection]:
+    """Union of two passes' faces.
+
+    A face of ``second`` that is the same face as some of ``first`` (:func:`same_face`)
+    replaces the best of them if it scores higher; one that is no face of ``first``
+    is added if ``accept`` (default: always) says so.
+    """
     merged = list(first)
     for det in second:
-        twins = [k for k, d in enumerate(merged) if _iou(d.box, det.box) > MERGE_IOU]
+        twins = [k for k, d in enumerate(merged) if same_face(d, det)]
         if not twins:
-            merged.append(det)
+            if accept is None or accept(det):
+                merged.append(det)
             continue
         best = max(twins, key=lambda k: merged[k].score)
         if det.score > merged[best].score:
@@ -259,8 +292,10 @@ class StillFaceFinder:
     """A :class:`~device.vision.detect.Detector` for still photos.
 
     ``primary`` runs on the image and, if given, ``close_range`` on the image zoomed
-    out by ``close_range_margin``; their faces are merged (:func:`merge_detections`);
-    then, if a ``refiner`` is given, each face's keypoints are refined
+    out by ``close_range_margin``; their faces are merged (:func:`merge_detections`),
+    a face only the close-range pass saw kept where ``primary`` found none or where the
+    full-range model (``refiner``, else ``primary``) finds it again on the refinement
+    crops; then, if a ``refiner`` is given, each face's keypoints are refined
     (:func:`refine_detection`).
     Detectors passed in belong to the caller; :meth:`from_config` opens its own, and
     ``close()`` closes those.
@@ -359,19 +394,39 @@ class StillFaceFinder:
             ValueError: ``image`` is not ``(H, W, 3)``.
         """
         found = self.primary.detect(image, timer)
+        confirmed: dict[Detection, Detection] = {}
         if self.close_range is not None:
             near = detect_zoomed_out(image, self.close_range, self.close_range_margin, timer)
-            found = merge_detections(found, near)
+            # Where the full-range pass found faces, the photo is one it reads: a face
+            # only the close-range pass saw must be confirmed by the full-range model.
+            # Where it found none (a tight crop it cannot read), its silence says nothing.
+            accept = (lambda d: self._confirm(image, d, confirmed, timer)) if found else None
+            found = merge_detections(found, near, accept)
         found = sorted(found, key=lambda d: d.area, reverse=True)
         if largest_only:
             found = found[:1]
         if self.refiner is not None:
             found = [
-                refine_detection(image, d, self.refiner, self.refine_scales, self.refine_mirror,
-                                 timer)
+                confirmed.get(d) or refine_detection(
+                    image, d, self.refiner, self.refine_scales, self.refine_mirror, timer)
                 for d in found
             ]
         return found
+
+    def _confirm(self, image: Image, detection: Detection,
+                 confirmed: dict[Detection, Detection], timer: StageTimer | None) -> bool:
+        """Whether the full-range model finds ``detection`` again on the refinement crops
+        around it; the refined detection is kept in ``confirmed`` (when refining)."""
+        checker = self.refiner if self.refiner is not None else self.primary
+        refined = refine_detection(image, detection, checker, self.refine_scales,
+                                   self.refine_mirror, timer)
+        if refined is detection:
+            logger.debug("dropped a close-range face the full-range model does not confirm: "
+                         "box %s score %.3f", [round(v) for v in detection.box], detection.score)
+            return False
+        if self.refiner is not None:
+            confirmed[detection] = refined
+        return True
 
     def detect(self, image: Image, timer: StageTimer | None = None) -> list[Detection]:
         """Every face in ``image``, largest first, keypoints refined (see :meth:`find`).
