@@ -71,8 +71,8 @@ def embed(paths: tuple[Path, ...], as_json: bool, all_faces: bool, fallback_whol
     """
     from tqdm import tqdm
 
-    from device.vision.embed import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig, embed_faces
-    from device.vision.stills import StillFaceFinder, StillFinderConfig
+    from device.vision.dlib_tflite import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
+    from device.vision.stills import StillFaceFinder, StillFinderConfig, embed_faces
 
     files, errors = _inputs(paths)
     for message in errors:

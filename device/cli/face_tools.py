@@ -18,7 +18,7 @@ from device.errors import ConfigError
 from device.gallery.calibration import CalibrationTable, MatchThreshold, find_table
 from device.gallery.calibration import resolve_threshold as _resolve
 from device.vision.blazeface import BlazeFaceConfig, BlazeFaceDetector
-from device.vision.embed import DLIB_MODEL_ID, DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
+from device.vision.dlib_tflite import DLIB_MODEL_ID, DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
 from device.vision.stills import StillFaceFinder, StillFinderConfig
 
 threads_option = click.option(

@@ -36,8 +36,9 @@ from device.gallery.search.index import GalleryIndex, Precision
 from device.gallery.store import GalleryStore
 from device.types import Image
 from device.vision.detect import Detector
-from device.vision.embed import Embedder, embed_faces
+from device.vision.embed import Embedder
 from device.vision.quality import QualityConfig, assess
+from device.vision.stills import embed_faces
 
 logger = logging.getLogger(__name__)
 

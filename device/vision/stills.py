@@ -1,4 +1,4 @@
-"""Finding faces in still photos for embedding: a close-range pass and keypoint refinement.
+"""Still photos: finding their faces (a close-range pass, keypoint refinement) and embedding them.
 
 Two things a single BlazeFace full-range pass does badly on photos (the evaluation
 behind them: ``models/derive_template.py`` and ``facegate eval pairs``):
@@ -25,13 +25,15 @@ behind them: ``models/derive_template.py`` and ``facegate eval pairs``):
   pixel or two with the crop, so several crops (:data:`REFINE_SCALES`) are averaged.
 
 :class:`StillFaceFinder` combines them behind the :class:`~device.vision.detect.Detector`
-protocol, so :func:`device.vision.embed.embed_faces` takes it like any detector.
+protocol, and :func:`embed_faces` (detect, pick the largest or every face, align,
+embed) takes it like any detector.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -40,10 +42,12 @@ import numpy as np
 from pydantic import Field
 
 from device.config import Section
-from device.types import Detection, Image
+from device.types import Detection, Embedding, FaceChip, Image
 from device.vision import models as model_manifest
+from device.vision.align import align, box_transform, warp
 from device.vision.blazeface import DEFAULT_THRESHOLD, BlazeFaceConfig, BlazeFaceDetector
 from device.vision.detect import Detector
+from device.vision.embed import Embedder
 from device.vision.timing import StageTimer
 
 logger = logging.getLogger(__name__)
@@ -452,3 +456,79 @@ class StillFaceFinder:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+# ----------------------------------------------------------------------------------
+# Still images: detect, pick, align, embed
+
+
+@dataclass(frozen=True, slots=True)
+class FaceEmbedding:
+    """One embedded face of an image.
+
+    Attributes:
+        box: ``(x, y, w, h)`` in image pixels (the whole image for a fallback).
+        detection: The detection, or ``None`` when the whole image was used.
+        embedding: The face's embedding.
+    """
+
+    box: tuple[float, float, float, float]
+    detection: Detection | None
+    embedding: Embedding
+
+    @property
+    def fallback(self) -> bool:
+        """Whether no face was found and the whole image stood in for it."""
+        return self.detection is None
+
+
+def embed_faces(
+    image: Image,
+    detector: Detector,
+    embedder: Embedder,
+    *,
+    all_faces: bool = False,
+    fallback_whole: bool = False,
+) -> list[FaceEmbedding]:
+    """Embed the largest face of an image (or every face, largest first).
+
+    Args:
+        image: RGB ``uint8`` ``(H, W, 3)``.
+        detector: Face detector with keypoints; a :class:`StillFaceFinder`
+            (close-range pass for tight crops, keypoint refinement) is what photos
+            want, and then only the faces used are refined.
+        embedder: The embedder; its template aligns the chips.
+        all_faces: Embed every face instead of only the largest.
+        fallback_whole: When no face is found, embed the whole image as if it were
+            the detector's face box (tightly cropped photos).
+
+    Returns:
+        The embedded faces; empty when none was found and ``fallback_whole`` is off.
+
+    Raises:
+        ModelError: Detection or embedding failed.
+        ValueError: ``image`` is not ``(H, W, 3)``, or a detection lacks the keypoints
+            the template needs.
+    """
+    if isinstance(detector, StillFaceFinder):
+        found = detector.find(image, largest_only=not all_faces)
+    else:
+        found = sorted(detector.detect(image), key=lambda d: d.area, reverse=True)
+        found = found if all_faces else found[:1]
+    template = embedder.template
+    chips: list[FaceChip] = []
+    boxes: list[tuple[float, float, float, float]] = []
+    for detection in found:
+        chips.append(align(image, detection, template))
+        boxes.append(detection.box)
+    if not found and fallback_whole:
+        height, width = image.shape[:2]
+        whole = (0.0, 0.0, float(width), float(height))
+        chips.append(warp(image, box_transform(whole, template), template.size,
+                          border=template.border))
+        boxes.append(whole)
+    embeddings = embedder.embed(chips)
+    return [
+        FaceEmbedding(box=box, detection=chip.detection, embedding=emb)
+        for box, chip, emb in zip(boxes, chips, embeddings, strict=True)
+    ]
