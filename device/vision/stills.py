@@ -269,7 +269,8 @@ class StillFinderConfig(Section):
     close_range: bool = Field(
         True,
         description="Also run the short-range model on the image zoomed out, and merge its "
-        "faces (tightly cropped faces, which the full-range model misses).",
+        "faces (tightly cropped faces, which the full-range model misses); a face only it "
+        "finds counts where the full-range pass found none or confirms it on a crop.",
     )
     close_range_margin: float = Field(
         0.2, ge=0.0, le=2.0,
