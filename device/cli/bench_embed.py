@@ -177,8 +177,8 @@ def bench_embed_compare(images: Path | None, count: int, threads: int, cache_dir
     """
     from device.imageio import iter_image_files, read_image
     from device.vision import samples
-    from device.vision.embed import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig, embed_faces
-    from device.vision.stills import StillFaceFinder
+    from device.vision.dlib_tflite import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
+    from device.vision.stills import StillFaceFinder, embed_faces
 
     try:
         import dlib

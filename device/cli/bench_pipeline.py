@@ -38,7 +38,8 @@ def bench_pipeline(source: Path, threads: int, gallery: Path | None, threshold: 
     from device.lab.pipeline_bench import report_rows, run_baseline, run_pipeline, verdicts
     from device.vision.blazeface import BlazeFaceConfig
     from device.vision.detect import create_detector
-    from device.vision.embed import DlibTFLiteEmbedderConfig, create_embedder
+    from device.vision.dlib_tflite import DlibTFLiteEmbedderConfig
+    from device.vision.embed import create_embedder
 
     sample: int | None = None if baseline_frames == "all" else int(baseline_frames)
     detector = create_detector(BlazeFaceConfig(num_threads=threads), cache_dir=model_dir)

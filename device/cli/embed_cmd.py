@@ -68,8 +68,8 @@ def embed(paths: tuple[Path, ...], as_json: bool, all_faces: bool, fallback_whol
     dot product. A bad image prints `error: <path>: reason` on stderr; the others are
     still processed and the exit status is 1 at the end.
     """
-    from device.vision.embed import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig, embed_faces
-    from device.vision.stills import StillFaceFinder, StillFinderConfig
+    from device.vision.dlib_tflite import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
+    from device.vision.stills import StillFaceFinder, StillFinderConfig, embed_faces
 
     files, errors = _inputs(paths)
     for message in errors:

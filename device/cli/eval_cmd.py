@@ -134,7 +134,7 @@ def eval_pairs(
     by cosine, and facegate is compared against the better, with time per face.
     """
     from device.lab import evaluation
-    from device.vision.embed import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
+    from device.vision.dlib_tflite import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
     from device.vision.stills import StillFaceFinder, StillFinderConfig
 
     if pairs_csv is None and not all_pairs:

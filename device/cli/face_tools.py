@@ -20,7 +20,7 @@ from device.service.thresholds import (
     resolve_threshold,
 )
 from device.vision.blazeface import BlazeFaceConfig, BlazeFaceDetector
-from device.vision.embed import DLIB_MODEL_ID, DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
+from device.vision.dlib_tflite import DLIB_MODEL_ID, DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
 from device.vision.stills import StillFaceFinder, StillFinderConfig
 
 threads_option = click.option(

@@ -37,7 +37,7 @@ from device.sync.keys import TrustedKeys, load_private_key
 from device.sync.layout import GalleryLayout
 from device.sync.mqtt import BrokerLogin, publish_bundle
 from device.sync.state import GalleryState
-from device.vision.embed import DLIB_MODEL_ID
+from device.vision.dlib_tflite import DLIB_MODEL_ID
 from device.vision.models import embedding_dim, get_spec
 
 DEFAULT_TRUSTED_KEYS = Path("/etc/facegate/credentials/trusted-keys")

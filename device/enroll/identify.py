@@ -37,8 +37,9 @@ from device.gallery.store import GalleryStore
 from device.service.thresholds import Threshold, log_expected_fpir
 from device.types import Image
 from device.vision.detect import Detector
-from device.vision.embed import Embedder, embed_faces
+from device.vision.embed import Embedder
 from device.vision.quality import QualityConfig, assess
+from device.vision.stills import embed_faces
 
 logger = logging.getLogger(__name__)
 

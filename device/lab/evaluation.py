@@ -36,8 +36,8 @@ from device.errors import DeviceError, ImageError
 from device.imageio import iter_image_files, read_image
 from device.lab import metrics
 from device.types import Image
-from device.vision.embed import Embedder, embed_faces
-from device.vision.stills import StillFaceFinder
+from device.vision.embed import Embedder
+from device.vision.stills import StillFaceFinder, embed_faces
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,8 @@ from device.imageio import iter_image_files, read_image
 from device.lab.evaluation import Pair
 from device.types import FloatArray
 from device.vision.detect import Detector
-from device.vision.embed import Embedder, embed_faces
+from device.vision.embed import Embedder
+from device.vision.stills import embed_faces
 
 logger = logging.getLogger(__name__)
 

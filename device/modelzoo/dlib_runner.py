@@ -5,7 +5,7 @@ checks the chip (``150x150x3``, ``uint8`` or float RGB in 0..255, exactly what
 ``dlib.get_face_chip`` returns) and returns dlib's raw, un-normalised descriptor
 as float32, matching ``face_recognition_model_v1.compute_face_descriptor``.
 
-:class:`device.vision.embed.DlibTFLiteEmbedder` wraps it (after checking the file
+:class:`device.vision.dlib_tflite.DlibTFLiteEmbedder` wraps it (after checking the file
 against the manifest's sha256) and adds the L2 normalisation and mirror averaging.
 It takes a plain path, unlike :class:`device.vision.runtime.ModelRuntime`, so the
 fidelity tests and ``facegate bench embed`` can load any build of the encoder; the

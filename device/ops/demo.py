@@ -400,7 +400,7 @@ def enroll_people(gallery: Path, people: Sequence[Person], threads: int = 2) -> 
     """
     from device.gallery.store import GalleryStore
     from device.vision.blazeface import BlazeFaceConfig, BlazeFaceDetector
-    from device.vision.embed import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
+    from device.vision.dlib_tflite import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
 
     requests = [IdentityRequest(NewIdentity(label=p.label, id=p.identity_id,
                                             enrolled_by="facegate demo",

@@ -59,7 +59,8 @@ from device.service.thresholds import (
 from device.sync.config import SyncConfig
 from device.vision.blazeface import BlazeFaceConfig
 from device.vision.detect import DetectorConfig
-from device.vision.embed import DlibTFLiteEmbedderConfig, EmbedderConfig
+from device.vision.dlib_tflite import DlibTFLiteEmbedderConfig
+from device.vision.embed import EmbedderConfig
 from device.vision.quality import QualityConfig
 from device.vision.track import TrackerConfig
 

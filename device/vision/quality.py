@@ -31,8 +31,8 @@ and ``enrollment`` (stricter: a gallery photo is the reference for every later m
 The default values were calibrated on the photos in ``../shared/datasets``; the
 integration test ``tests/integration/test_quality_real.py`` records the figures and
 keeps them honest. They assume BlazeFace short-range for enrollment photos: the
-full-range model scores close, frame-filling faces low (padded LFW crops: median 0.63
-against 0.89), so the enrollment ``min_score`` of 0.7 would refuse most of them. Both
+full-range model scores close, frame-filling faces (padded LFW crops) well below the
+short-range model, so the enrollment ``min_score`` would refuse most of them. Both
 models score a face that fills the whole image low; pad tight crops before detecting.
 """
 

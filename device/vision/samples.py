@@ -16,7 +16,7 @@ from device.types import Image
 #: Label used where a file path would be printed.
 ASTRONAUT_LABEL = "skimage.data.astronaut"
 
-#: Width of the astronaut's face in the 512×512 picture (BlazeFace box), measured.
+#: Width of the astronaut's face in the 512×512 picture, as BlazeFace boxes it.
 _ASTRONAUT_FACE = 105.0
 
 

@@ -1,36 +1,39 @@
-"""Finding faces in still photos for embedding: a close-range pass and keypoint refinement.
+"""Still photos: finding their faces (a close-range pass, keypoint refinement) and embedding them.
 
-Two things a single BlazeFace pass does badly on photos, both measured on
-``../shared/datasets`` (see ``models/derive_template.py``):
+Two things a single BlazeFace full-range pass does badly on photos (the evaluation
+behind them: ``models/derive_template.py`` and ``facegate eval pairs``):
 
-* **Tightly cropped faces** (passport photos, LFW's 350×350 crops) fill the frame;
-  BlazeFace was trained with context around faces and misses most of them (the
-  full-range model alone finds a face in 1,018 of LFW's 5,125 crops). Zooming out —
-  padding the image with black — finds them: with the short-range model on the image
-  padded by 20 %, all 5,125.
-  It runs on every photo, not only when the full-range pass finds nothing: on a
-  tight crop the full-range model may find only a small face in the background and
-  miss the large one in front (LFW's Colin_Powell_0148), and the largest face is
-  the one wanted. Its faces and the full-range pass's are merged (IoU > 0.3: one
-  face, the higher score kept).
+* **Tightly cropped faces** (passport photos, LFW's crops) fill the frame; BlazeFace
+  was trained with context around faces and misses most of them. Zooming out —
+  padding the image with black — and running the short-range model finds them.
+  The close-range pass runs on every photo, not only when the full-range pass finds
+  nothing: on a tight crop the full-range model may find only a small face in the
+  background, or a small box inside the large face, and miss the large one in front.
+  The passes' faces are merged: two detections are one face when their boxes overlap
+  or one lies mostly inside the other (the models box a face at different extents),
+  the higher score kept. A face only the close-range pass saw is added where the
+  full-range pass found none at all (a crop it cannot read); where it did find faces,
+  the photo is one it reads, and the short-range model, seeing the whole photo at
+  128 pixels, also answers to blurred crowds and to heads with shoulders: such a face
+  is added only if the full-range model finds it again on the refinement crops
+  around it.
 * **Keypoint precision** depends on the face's size in the model input: a face
   filling the input, or a small face in a large frame, gets coarse keypoints. A
-  second pass of the full-range model on a square crop three times the face's size
-  (so the face fills about a third of its input, the scale it handles best) brought
-  the aligned chip closer to dlib's own chip: median RMS error 3.13 → 2.75 chip
-  pixels on LFW, 2.62 → 2.01 on deepface photos (eyes + mouth keypoints). Each
-  pass's keypoints still jitter by a pixel or two with the crop, so three crops
-  (2.5, 3 and 3.5 times the face) are averaged: chip error vs dlib 2.78 → 2.45 px
-  on LFW; on all LFW pairs TAR at FMR 1e-4 0.828 → 0.834 and EER 1.92 % → 1.64 %
-  (two more BlazeFace runs per face). Without refinement: TAR@1e-4 0.816.
+  second pass of the full-range model on a square crop about three times the face's
+  size (the face fills about a third of its input, the scale it handles best) brings
+  the aligned chip closer to dlib's own. Each pass's keypoints still jitter by a
+  pixel or two with the crop, so several crops (:data:`REFINE_SCALES`) are averaged.
 
 :class:`StillFaceFinder` combines them behind the :class:`~device.vision.detect.Detector`
-protocol, so :func:`device.vision.embed.embed_faces` takes it like any detector.
+protocol, and :func:`embed_faces` (detect, pick the largest or every face, align,
+embed) takes it like any detector.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -39,10 +42,12 @@ import numpy as np
 from pydantic import Field
 
 from device.config import Section
-from device.types import Detection, Image
+from device.types import Detection, Embedding, FaceChip, Image
 from device.vision import models as model_manifest
+from device.vision.align import align, box_transform, warp
 from device.vision.blazeface import DEFAULT_THRESHOLD, BlazeFaceConfig, BlazeFaceDetector
 from device.vision.detect import Detector
+from device.vision.embed import Embedder
 from device.vision.timing import StageTimer
 
 logger = logging.getLogger(__name__)
@@ -60,6 +65,9 @@ REFINE_MAX_SIDE = 1024
 REFINE_MIN_IOU = 0.3
 #: Detections of the two passes overlapping more than this are the same face.
 MERGE_IOU = 0.3
+#: ... and so are two whose smaller box lies this much inside the larger (as when
+#: tiles are merged across scales, :class:`~device.vision.tiling.TilingConfig`).
+MERGE_CONTAINMENT = 0.6
 
 
 def zoom_out(image: Image, margin: float) -> tuple[Image, int]:
@@ -108,14 +116,43 @@ def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, flo
     return inter / union if union > 0 else 0.0
 
 
-def merge_detections(first: list[Detection], second: list[Detection]) -> list[Detection]:
-    """Union of two passes' faces: overlapping ones (IoU > :data:`MERGE_IOU`) are one face,
-    the higher-scoring detection kept."""
+def _containment(a: tuple[float, float, float, float],
+                 b: tuple[float, float, float, float]) -> float:
+    """The share of the smaller of two boxes that lies inside the other."""
+    iw = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    smaller = min(a[2] * a[3], b[2] * b[3])
+    return iw * ih / smaller if smaller > 0 else 0.0
+
+
+def same_face(a: Detection, b: Detection) -> bool:
+    """Whether two passes' detections are one face: their boxes overlap (IoU >
+    :data:`MERGE_IOU`), or one lies mostly inside the other (:data:`MERGE_CONTAINMENT`).
+
+    The second test is needed because the two models box a face at different extents:
+    a model seeing a face below its usual scale may return a loose box around head
+    and shoulders, whose IoU with the tight box is small.
+    """
+    return _iou(a.box, b.box) > MERGE_IOU or _containment(a.box, b.box) >= MERGE_CONTAINMENT
+
+
+def merge_detections(
+    first: list[Detection],
+    second: list[Detection],
+    accept: Callable[[Detection], bool] | None = None,
+) -> list[Detection]:
+    """Union of two passes' faces.
+
+    A face of ``second`` that is the same face as some of ``first`` (:func:`same_face`)
+    replaces the best of them if it scores higher; one that is no face of ``first``
+    is added if ``accept`` (default: always) says so.
+    """
     merged = list(first)
     for det in second:
-        twins = [k for k, d in enumerate(merged) if _iou(d.box, det.box) > MERGE_IOU]
+        twins = [k for k, d in enumerate(merged) if same_face(d, det)]
         if not twins:
-            merged.append(det)
+            if accept is None or accept(det):
+                merged.append(det)
             continue
         best = max(twins, key=lambda k: merged[k].score)
         if det.score > merged[best].score:
@@ -232,7 +269,8 @@ class StillFinderConfig(Section):
     close_range: bool = Field(
         True,
         description="Also run the short-range model on the image zoomed out, and merge its "
-        "faces (tightly cropped faces, which the full-range model misses).",
+        "faces (tightly cropped faces, which the full-range model misses); a face only it "
+        "finds counts where the full-range pass found none or confirms it on a crop.",
     )
     close_range_margin: float = Field(
         0.2, ge=0.0, le=2.0,
@@ -259,8 +297,10 @@ class StillFaceFinder:
     """A :class:`~device.vision.detect.Detector` for still photos.
 
     ``primary`` runs on the image and, if given, ``close_range`` on the image zoomed
-    out by ``close_range_margin``; their faces are merged (:func:`merge_detections`);
-    then, if a ``refiner`` is given, each face's keypoints are refined
+    out by ``close_range_margin``; their faces are merged (:func:`merge_detections`),
+    a face only the close-range pass saw kept where ``primary`` found none or where the
+    full-range model (``refiner``, else ``primary``) finds it again on the refinement
+    crops; then, if a ``refiner`` is given, each face's keypoints are refined
     (:func:`refine_detection`).
     Detectors passed in belong to the caller; :meth:`from_config` opens its own, and
     ``close()`` closes those.
@@ -359,19 +399,39 @@ class StillFaceFinder:
             ValueError: ``image`` is not ``(H, W, 3)``.
         """
         found = self.primary.detect(image, timer)
+        confirmed: dict[Detection, Detection] = {}
         if self.close_range is not None:
             near = detect_zoomed_out(image, self.close_range, self.close_range_margin, timer)
-            found = merge_detections(found, near)
+            # Where the full-range pass found faces, the photo is one it reads: a face
+            # only the close-range pass saw must be confirmed by the full-range model.
+            # Where it found none (a tight crop it cannot read), its silence says nothing.
+            accept = (lambda d: self._confirm(image, d, confirmed, timer)) if found else None
+            found = merge_detections(found, near, accept)
         found = sorted(found, key=lambda d: d.area, reverse=True)
         if largest_only:
             found = found[:1]
         if self.refiner is not None:
             found = [
-                refine_detection(image, d, self.refiner, self.refine_scales, self.refine_mirror,
-                                 timer)
+                confirmed.get(d) or refine_detection(
+                    image, d, self.refiner, self.refine_scales, self.refine_mirror, timer)
                 for d in found
             ]
         return found
+
+    def _confirm(self, image: Image, detection: Detection,
+                 confirmed: dict[Detection, Detection], timer: StageTimer | None) -> bool:
+        """Whether the full-range model finds ``detection`` again on the refinement crops
+        around it; the refined detection is kept in ``confirmed`` (when refining)."""
+        checker = self.refiner if self.refiner is not None else self.primary
+        refined = refine_detection(image, detection, checker, self.refine_scales,
+                                   self.refine_mirror, timer)
+        if refined is detection:
+            logger.debug("dropped a close-range face the full-range model does not confirm: "
+                         "box %s score %.3f", [round(v) for v in detection.box], detection.score)
+            return False
+        if self.refiner is not None:
+            confirmed[detection] = refined
+        return True
 
     def detect(self, image: Image, timer: StageTimer | None = None) -> list[Detection]:
         """Every face in ``image``, largest first, keypoints refined (see :meth:`find`).
@@ -397,3 +457,79 @@ class StillFaceFinder:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+# ----------------------------------------------------------------------------------
+# Still images: detect, pick, align, embed
+
+
+@dataclass(frozen=True, slots=True)
+class FaceEmbedding:
+    """One embedded face of an image.
+
+    Attributes:
+        box: ``(x, y, w, h)`` in image pixels (the whole image for a fallback).
+        detection: The detection, or ``None`` when the whole image was used.
+        embedding: The face's embedding.
+    """
+
+    box: tuple[float, float, float, float]
+    detection: Detection | None
+    embedding: Embedding
+
+    @property
+    def fallback(self) -> bool:
+        """Whether no face was found and the whole image stood in for it."""
+        return self.detection is None
+
+
+def embed_faces(
+    image: Image,
+    detector: Detector,
+    embedder: Embedder,
+    *,
+    all_faces: bool = False,
+    fallback_whole: bool = False,
+) -> list[FaceEmbedding]:
+    """Embed the largest face of an image (or every face, largest first).
+
+    Args:
+        image: RGB ``uint8`` ``(H, W, 3)``.
+        detector: Face detector with keypoints; a :class:`StillFaceFinder`
+            (close-range pass for tight crops, keypoint refinement) is what photos
+            want, and then only the faces used are refined.
+        embedder: The embedder; its template aligns the chips.
+        all_faces: Embed every face instead of only the largest.
+        fallback_whole: When no face is found, embed the whole image as if it were
+            the detector's face box (tightly cropped photos).
+
+    Returns:
+        The embedded faces; empty when none was found and ``fallback_whole`` is off.
+
+    Raises:
+        ModelError: Detection or embedding failed.
+        ValueError: ``image`` is not ``(H, W, 3)``, or a detection lacks the keypoints
+            the template needs.
+    """
+    if isinstance(detector, StillFaceFinder):
+        found = detector.find(image, largest_only=not all_faces)
+    else:
+        found = sorted(detector.detect(image), key=lambda d: d.area, reverse=True)
+        found = found if all_faces else found[:1]
+    template = embedder.template
+    chips: list[FaceChip] = []
+    boxes: list[tuple[float, float, float, float]] = []
+    for detection in found:
+        chips.append(align(image, detection, template))
+        boxes.append(detection.box)
+    if not found and fallback_whole:
+        height, width = image.shape[:2]
+        whole = (0.0, 0.0, float(width), float(height))
+        chips.append(warp(image, box_transform(whole, template), template.size,
+                          border=template.border))
+        boxes.append(whole)
+    embeddings = embedder.embed(chips)
+    return [
+        FaceEmbedding(box=box, detection=chip.detection, embedding=emb)
+        for box, chip, emb in zip(boxes, chips, embeddings, strict=True)
+    ]

@@ -21,8 +21,8 @@ from device.errors import ModelError
 from device.modelzoo import build as model_build
 from device.types import FaceChip
 from device.vision import models as model_manifest
-from device.vision.embed import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig, embed_faces
-from device.vision.stills import StillFaceFinder
+from device.vision.dlib_tflite import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
+from device.vision.stills import StillFaceFinder, embed_faces
 
 pytest.importorskip("ai_edge_litert.interpreter")
 pytestmark = pytest.mark.dataset

@@ -24,7 +24,7 @@ from device.imageio import read_image
 from device.lab.openset import embed_tree, evaluate_open_set
 from device.service.thresholds import ThresholdPolicy, find_table, resolve_threshold
 from device.vision.blazeface import BlazeFaceConfig, BlazeFaceDetector
-from device.vision.embed import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
+from device.vision.dlib_tflite import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
 from device.vision.stills import StillFaceFinder
 from tests.gallery_helpers import sha256_file
 

@@ -14,7 +14,15 @@ from pydantic import TypeAdapter
 from device.errors import ConfigError, HardwareError, ModelError
 from device.types import Detection, Embedding, FaceChip, Image
 from device.vision import embed as em
+from device.vision import stills
 from device.vision.align import AlignTemplate, apply_transform
+from device.vision.dlib_tflite import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
+from device.vision.edgetpu_embedder import (
+    EdgeTpuEmbedder,
+    EdgeTpuEmbedderConfig,
+    dequantise,
+    quantise,
+)
 from device.vision.models import ModelSpec
 
 TEMPLATE = AlignTemplate(
@@ -39,16 +47,16 @@ def _edgetpu_available() -> bool:
 
 
 def test_registry_covers_every_config_type() -> None:
-    types = {em.DlibTFLiteEmbedderConfig().type, em.EdgeTpuEmbedderConfig(model="x").type}
+    types = {DlibTFLiteEmbedderConfig().type, EdgeTpuEmbedderConfig(model="x").type}
     assert set(em.EMBEDDERS) == types
 
 
 def test_configs_are_chosen_by_type_and_refuse_typos() -> None:
     adapter: TypeAdapter[object] = TypeAdapter(em.EmbedderConfig)
     dlib = adapter.validate_python({"type": "dlib_tflite", "num_threads": 1})
-    assert isinstance(dlib, em.DlibTFLiteEmbedderConfig) and dlib.flip_average
+    assert isinstance(dlib, DlibTFLiteEmbedderConfig) and dlib.flip_average
     tpu = adapter.validate_python({"type": "edgetpu", "model": "facenet-edgetpu"})
-    assert isinstance(tpu, em.EdgeTpuEmbedderConfig)
+    assert isinstance(tpu, EdgeTpuEmbedderConfig)
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError):
@@ -60,7 +68,7 @@ def test_configs_are_chosen_by_type_and_refuse_typos() -> None:
 
 
 def test_every_config_field_is_described() -> None:
-    for model in (em.DlibTFLiteEmbedderConfig, em.EdgeTpuEmbedderConfig):
+    for model in (DlibTFLiteEmbedderConfig, EdgeTpuEmbedderConfig):
         for name, info in model.model_fields.items():
             assert info.description, f"{model.__name__}.{name}"
 
@@ -108,18 +116,18 @@ def test_l2_normalise() -> None:
 
 def test_quantise_and_back() -> None:
     values = np.array([-1.0, 0.0, 0.5, 1.0, 5.0], np.float32)
-    q = em.quantise(values, scale=1 / 127, zero_point=0, dtype="int8")
+    q = quantise(values, scale=1 / 127, zero_point=0, dtype="int8")
     assert q.dtype == np.int8
     assert list(q) == [-127, 0, 64, 127, 127]  # clipped at the top
-    back = em.dequantise(q, 1 / 127, 0)
+    back = dequantise(q, 1 / 127, 0)
     np.testing.assert_allclose(back[:4], [-1.0, 0.0, 64 / 127, 1.0], atol=1e-6)
-    u = em.quantise(np.array([0.0, 1.0], np.float32), scale=1 / 255, zero_point=0, dtype="uint8")
+    u = quantise(np.array([0.0, 1.0], np.float32), scale=1 / 255, zero_point=0, dtype="uint8")
     assert list(u) == [0, 255]
-    np.testing.assert_array_equal(em.dequantise(np.array([1.5]), 0.0, 0), [1.5])
+    np.testing.assert_array_equal(dequantise(np.array([1.5]), 0.0, 0), [1.5])
     with pytest.raises(ModelError, match="int8/uint8"):
-        em.quantise(values, 0.1, 0, "float32")
+        quantise(values, 0.1, 0, "float32")
     with pytest.raises(ModelError, match="scale"):
-        em.quantise(values, 0.0, 0, "int8")
+        quantise(values, 0.0, 0, "int8")
 
 
 # ----------------------------------------------------------------------------------
@@ -144,26 +152,26 @@ def test_edgetpu_model_not_in_manifest() -> None:
     manifest = {"dlib-resnet-v1": _spec("dlib-resnet-v1")}
     with pytest.raises(ModelError, match=r"'facenet-edgetpu' is not in models/manifest\.toml.*"
                        r"edgetpu = true.*input = \{ width, height.*template"):
-        em.EdgeTpuEmbedder(em.EdgeTpuEmbedderConfig(model="facenet-edgetpu"), manifest=manifest)
+        EdgeTpuEmbedder(EdgeTpuEmbedderConfig(model="facenet-edgetpu"), manifest=manifest)
 
 
 def test_edgetpu_entry_that_is_not_an_edgetpu_embedder() -> None:
     manifest = {"det": _spec("det", kind="detector", edgetpu=True)}
     with pytest.raises(ModelError, match="not declared as an Edge TPU embedder"):
-        em.EdgeTpuEmbedder(em.EdgeTpuEmbedderConfig(model="det"), manifest=manifest)
+        EdgeTpuEmbedder(EdgeTpuEmbedderConfig(model="det"), manifest=manifest)
 
 
 def test_edgetpu_entry_without_template() -> None:
     extra = {k: v for k, v in TPU_EXTRA.items() if k != "template"}
     manifest = {"tpu": _spec("tpu", **extra)}
     with pytest.raises(ModelError, match=r"no \[models\.tpu\.template\]"):
-        em.EdgeTpuEmbedder(em.EdgeTpuEmbedderConfig(model="tpu"), manifest=manifest)
+        EdgeTpuEmbedder(EdgeTpuEmbedderConfig(model="tpu"), manifest=manifest)
 
 
 def test_edgetpu_template_size_must_match_input() -> None:
     extra = dict(TPU_EXTRA, input={"width": 160, "height": 160})
     with pytest.raises(ModelError, match=r"template's size \(112, 112\) is not the model's"):
-        em.EdgeTpuEmbedder(em.EdgeTpuEmbedderConfig(model="tpu"),
+        EdgeTpuEmbedder(EdgeTpuEmbedderConfig(model="tpu"),
                            manifest={"tpu": _spec("tpu", **extra)})
 
 
@@ -171,7 +179,7 @@ def test_edgetpu_template_size_must_match_input() -> None:
 def test_edgetpu_absent_is_a_hardware_error_saying_what_to_check(tmp_path: Path) -> None:
     manifest = {"tpu": _spec("tpu", **TPU_EXTRA)}
     with pytest.raises(HardwareError, match=r"Edge TPU.*libedgetpu1-std.*plugdev"):
-        em.EdgeTpuEmbedder(em.EdgeTpuEmbedderConfig(model="tpu"), cache_dir=tmp_path,
+        EdgeTpuEmbedder(EdgeTpuEmbedderConfig(model="tpu"), cache_dir=tmp_path,
                            manifest=manifest)
 
 
@@ -181,19 +189,19 @@ def test_edgetpu_model_file_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setattr(runtime, "load_edgetpu_delegate", lambda device=None: object())
     manifest = {"tpu": _spec("tpu", **TPU_EXTRA)}
     with pytest.raises(ModelError, match=r"model tpu is not downloaded \(expected .*tpu\.tflite"):
-        em.EdgeTpuEmbedder(em.EdgeTpuEmbedderConfig(model="tpu"), cache_dir=tmp_path,
+        EdgeTpuEmbedder(EdgeTpuEmbedderConfig(model="tpu"), cache_dir=tmp_path,
                            manifest=manifest)
 
 
 def test_create_embedder_dispatches_on_type() -> None:
     with pytest.raises(ModelError, match=r"is not in models/manifest\.toml"):
-        em.create_embedder(em.EdgeTpuEmbedderConfig(model="nope"), manifest={})
+        em.create_embedder(EdgeTpuEmbedderConfig(model="nope"), manifest={})
 
 
 def test_dlib_embedder_without_template(tmp_path: Path) -> None:
     spec = _spec("dlib-resnet-v1", input={"width": 150, "height": 150})
     with pytest.raises(ModelError, match="template"):
-        em.DlibTFLiteEmbedder(manifest={"dlib-resnet-v1": spec}, cache_dir=tmp_path)
+        DlibTFLiteEmbedder(manifest={"dlib-resnet-v1": spec}, cache_dir=tmp_path)
 
 
 # ----------------------------------------------------------------------------------
@@ -247,7 +255,7 @@ def test_largest_face_only_by_default() -> None:
     image = np.zeros((400, 600, 3), np.uint8)
     faces = [_face(10, 10, 60), _face(200, 100, 200), _face(450, 10, 100)]
     embedder = FakeEmbedder()
-    out = em.embed_faces(image, FakeDetector(faces), embedder)
+    out = stills.embed_faces(image, FakeDetector(faces), embedder)
     assert len(out) == 1
     assert out[0].box == (200, 100, 200, 200)
     assert out[0].detection is faces[1] and not out[0].fallback
@@ -257,7 +265,7 @@ def test_largest_face_only_by_default() -> None:
 def test_all_faces_largest_first() -> None:
     image = np.zeros((400, 600, 3), np.uint8)
     faces = [_face(10, 10, 60), _face(200, 100, 200), _face(450, 10, 100)]
-    out = em.embed_faces(image, FakeDetector(faces), FakeEmbedder(), all_faces=True)
+    out = stills.embed_faces(image, FakeDetector(faces), FakeEmbedder(), all_faces=True)
     assert [f.box[2] for f in out] == [200, 100, 60]
 
 
@@ -265,8 +273,8 @@ def test_no_face_gives_nothing_or_the_whole_image() -> None:
     image = np.zeros((350, 350, 3), np.uint8)
     image[:, 175:] = 200
     embedder = FakeEmbedder()
-    assert em.embed_faces(image, FakeDetector([]), embedder) == []
-    out = em.embed_faces(image, FakeDetector([]), embedder, fallback_whole=True)
+    assert stills.embed_faces(image, FakeDetector([]), embedder) == []
+    out = stills.embed_faces(image, FakeDetector([]), embedder, fallback_whole=True)
     assert len(out) == 1 and out[0].fallback and out[0].detection is None
     assert out[0].box == (0.0, 0.0, 350.0, 350.0)
     # The whole image is placed where a detector's face box would land in the chip.
@@ -279,7 +287,7 @@ def test_aligned_chip_puts_keypoints_on_the_template() -> None:
     image = np.zeros((400, 600, 3), np.uint8)
     face = _face(200, 100, 200)
     embedder = FakeEmbedder()
-    em.embed_faces(image, FakeDetector([face]), embedder)
+    stills.embed_faces(image, FakeDetector([face]), embedder)
     chip = embedder.chips[-1]
     kps = np.array([face.keypoints[i] for i in TEMPLATE.indices])
     np.testing.assert_allclose(apply_transform(chip.transform, kps), TEMPLATE.points, atol=1e-3)

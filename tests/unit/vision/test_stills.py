@@ -57,7 +57,9 @@ def test_close_range_pass_finds_the_large_face_the_full_range_pass_missed() -> N
     # Full range finds only a small background face; the zoomed-out short range finds
     # the big one in front. The largest is the one returned.
     image = np.zeros((350, 350, 3), np.uint8)
-    full = Recorder([_det(20, 20, 40)])
+    # On the 700-px refinement crop around the big face (2.5 x 280, from (-180, -170)),
+    # the full-range model confirms it; everywhere else it sees only the small face.
+    full = Recorder([_det(20, 20, 40)], by_shape={(700, 700): [_det(210, 210, 280)]})
     pad = 70  # 0.2 * 350
     short = Recorder([_det(30 + pad, 40 + pad, 280)])
     finder = stills.StillFaceFinder(full, close_range=short, close_range_margin=0.2)
@@ -65,6 +67,56 @@ def test_close_range_pass_finds_the_large_face_the_full_range_pass_missed() -> N
     assert len(found) == 1 and found[0].box == (30, 40, 280, 280)
     assert short.shapes == [(490, 490, 3)]
     assert [d.box[2] for d in finder.detect(image)] == [280, 40]
+
+
+def test_a_loose_box_around_a_face_is_the_same_face_not_a_second_one() -> None:
+    # The short-range model, seeing a scene photo's face far below its usual scale,
+    # boxed head, neck and chest around it (deepface img57): IoU with the tight box
+    # 0.26, but the tight box lies wholly inside it. One face, the better score kept.
+    tight, loose = _det(903, 283, 252, 0.947), _det(697, 283, 493, 0.507)
+    assert stills.merge_detections([tight], [loose]) == [tight]
+    assert stills.merge_detections([loose], [tight]) == [tight]
+    assert stills.same_face(tight, loose) and stills.same_face(loose, tight)
+    assert not stills.same_face(tight, _det(1200, 283, 252))
+    image = np.zeros((1365, 2048, 3), np.uint8)
+    pad = round(0.2 * 2048)
+    finder = stills.StillFaceFinder(Recorder([tight]), close_range=Recorder(
+        [stills.shift_detection(loose, pad, pad)]), close_range_margin=0.2)
+    assert finder.detect(image) == [tight]
+
+
+def test_a_close_range_face_the_full_range_model_does_not_confirm_is_dropped() -> None:
+    # A scene photo the full-range pass reads (it found the face in front): a face only
+    # the close-range pass sees (a blurred crowd, deepface img41) must be confirmed by
+    # the full-range model on a crop around it, and here it is not.
+    image = np.zeros((2070, 2500, 3), np.uint8)
+    front, crowd = _det(607, 544, 885, 0.899), _det(1586, 438, 840, 0.582)
+    pad = 500
+    near = Recorder([stills.shift_detection(d, pad, pad) for d in (front, crowd)])
+    refiner = Recorder([])
+    finder = stills.StillFaceFinder(Recorder([front]), close_range=near,
+                                    close_range_margin=0.2, refiner=refiner,
+                                    refine_scales=(3.0,))
+    assert [d.box for d in finder.detect(image)] == [front.box]
+    assert len(refiner.shapes) == 2  # the crowd's crop (to confirm), then the front face's
+    # Confirmed on its crop (2520 px from (746, -2), shrunk to REFINE_MAX_SIDE), it stays,
+    # refined once only.
+    s = stills.REFINE_MAX_SIDE / 2520
+    refiner.by_shape = {(stills.REFINE_MAX_SIDE, stills.REFINE_MAX_SIDE):
+                        [_det(840 * s, 840 * s, 840 * s)]}
+    refiner.shapes.clear()
+    found = finder.detect(image)
+    assert [d.box[2] for d in found] == [front.box[2], pytest.approx(840)]
+    assert found[1].box == pytest.approx((1586, 438, 840, 840))
+    assert len(refiner.shapes) == 2
+
+
+def test_a_close_range_face_stands_when_the_full_range_pass_found_none() -> None:
+    # A tight crop the full-range model cannot read at all: nothing to confirm with.
+    image = np.zeros((350, 350, 3), np.uint8)
+    finder = stills.StillFaceFinder(Recorder([]), close_range=Recorder([_det(82, 60, 352)]),
+                                    close_range_margin=0.2, refiner=Recorder([]))
+    assert [d.box for d in finder.detect(image)] == [(12, -10, 352, 352)]
 
 
 def test_former_retry_keyword_still_works() -> None:
