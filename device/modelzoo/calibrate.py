@@ -117,18 +117,12 @@ class _Activations:
         )
         self.interpreter.allocate_tensors()
         self.input = int(self.interpreter.get_input_details()[0]["index"])
-        details = self.interpreter.get_tensor_details()
-        # Activations: float tensors that no buffer backs (constants have data).
+        # Activations: the tensors some operator computes (constants are never outputs).
+        computed = {int(i) for op in self.interpreter._get_ops_details() for i in op["outputs"]}
         self.tensors = [
-            (str(d["name"]), int(d["index"])) for d in details
-            if np.dtype(d["dtype"]) == np.float32 and not self._constant(int(d["index"]))
+            (str(d["name"]), int(d["index"])) for d in self.interpreter.get_tensor_details()
+            if np.dtype(d["dtype"]) == np.float32 and int(d["index"]) in computed
         ]
-
-    def _constant(self, index: int) -> bool:
-        try:
-            return bool(self.interpreter._interpreter.TensorIsConstant(index))  # noqa: SLF001
-        except AttributeError:  # pragma: no cover - older LiteRT
-            return False
 
     def run(self, chip: NDArray[np.uint8]) -> list[tuple[str, NDArray[np.float32]]]:
         self.interpreter.set_tensor(self.input, chip.astype(np.float32)[None])

@@ -32,6 +32,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -105,7 +106,7 @@ def activation_quantization(low: float, high: float, name: str = "") -> Quantiza
 
 
 def quantise_weights(
-    weights: NDArray[np.floating], per_channel: bool = True
+    weights: NDArray[Any], per_channel: bool = True
 ) -> tuple[NDArray[np.int8], NDArray[np.float64]]:
     """Symmetric int8 weights; one scale per output channel (axis 0) or one in all.
 
@@ -124,7 +125,7 @@ def quantise_weights(
 
 
 def quantise_bias(
-    bias: NDArray[np.floating], input_scale: float, weight_scales: NDArray[np.float64], name: str = ""
+    bias: NDArray[Any], input_scale: float, weight_scales: NDArray[np.float64], name: str = ""
 ) -> tuple[NDArray[np.int32], NDArray[np.float64]]:
     """int32 bias with scale ``input_scale * weight_scale`` per channel.
 
@@ -192,7 +193,7 @@ class _Rewriter:
         self.calibrated(graph_in)
         for op in self.src.operators():
             self.operator(op.opcode, op.inputs, op.outputs, op.options, graph_out)
-        int8_out, quant = self.inp(graph_out)
+        int8_out, _ = self.inp(graph_out)
         view = self.src.tensor(graph_out)
         out = self.dst.activation(view.name, view.shape, fb.TensorType.FLOAT32)
         self.dst.operator(fb.BuiltinOperator.DEQUANTIZE, (int8_out,), (out,), DequantizeOptions())
@@ -201,11 +202,11 @@ class _Rewriter:
 
     def operator(self, opcode: fb.BuiltinOperator, inputs: tuple[int, ...],
                  outputs: tuple[int, ...], options: object, graph_out: int) -> None:
-        B = fb.BuiltinOperator
+        ops = fb.BuiltinOperator
         (out,) = outputs
         name = self.src.tensor(out).name
         out_name = f"{name}/int8" if out == graph_out else ""
-        if opcode == B.CONV_2D:
+        if opcode == ops.CONV_2D:
             x, q_in = self.inp(inputs[0])
             w = self.src.tensor(inputs[1])
             b = self.src.tensor(inputs[2])
@@ -217,7 +218,7 @@ class _Rewriter:
             bt = self.dst.constant(b.name, bq, Quantization(tuple(b_scales), zeros, 0))
             y = self.calibrated(out, out_name)
             self.dst.operator(opcode, (x, wt, bt), (y,), options)  # type: ignore[arg-type]
-        elif opcode == B.FULLY_CONNECTED:
+        elif opcode == ops.FULLY_CONNECTED:
             x, q_in = self.inp(inputs[0])
             w = self.src.tensor(inputs[1])
             assert w.data is not None
@@ -232,19 +233,19 @@ class _Rewriter:
                     b.name, bq, Quantization.per_tensor(b_scales[0], 0)),)
             y = self.calibrated(out, out_name)
             self.dst.operator(opcode, fc_inputs, (y,), options)  # type: ignore[arg-type]
-        elif opcode in (B.ADD, B.MEAN):
+        elif opcode in (ops.ADD, ops.MEAN):
             args = [self.inp(i)[0] for i in inputs if not self._is_constant(i)]
-            if opcode == B.MEAN:
+            if opcode == ops.MEAN:
                 axes = self.src.tensor(inputs[1])
                 assert axes.data is not None
                 args.append(self.dst.constant(axes.name, np.asarray(axes.data, dtype=np.int32)))
             y = self.calibrated(out, out_name)
             self.dst.operator(opcode, tuple(args), (y,), options)  # type: ignore[arg-type]
-        elif opcode in (B.MAX_POOL_2D, B.AVERAGE_POOL_2D):
+        elif opcode in (ops.MAX_POOL_2D, ops.AVERAGE_POOL_2D):
             x, q_in = self.inp(inputs[0])
             y = self.new_activation(out, q_in, out_name)
             self.dst.operator(opcode, (x,), (y,), options)  # type: ignore[arg-type]
-        elif opcode == B.PAD:
+        elif opcode == ops.PAD:
             self.pad(inputs, out, out_name)
         else:
             raise ModelError(f"{opcode.name}: no int8 rewrite for this operator")

@@ -426,20 +426,24 @@ class EdgeTpuEmbedder:
 # ----------------------------------------------------------------------------------
 # Registry
 
+from device.vision.dlib_int8 import DlibInt8Embedder, DlibInt8EmbedderConfig  # noqa: E402
+
 #: Any embedder backend's configuration, chosen by its ``type``.
 EmbedderConfig = Annotated[
-    DlibTFLiteEmbedderConfig | EdgeTpuEmbedderConfig, Field(discriminator="type")
+    DlibTFLiteEmbedderConfig | EdgeTpuEmbedderConfig | DlibInt8EmbedderConfig,
+    Field(discriminator="type"),
 ]
 
 #: ``type`` → embedder class. Each class takes ``(config, *, cache_dir, manifest)``.
 EMBEDDERS: dict[str, Callable[..., Embedder]] = {
     "dlib_tflite": DlibTFLiteEmbedder,
     "edgetpu": EdgeTpuEmbedder,
+    "dlib_int8": DlibInt8Embedder,
 }
 
 
 def create_embedder(
-    config: DlibTFLiteEmbedderConfig | EdgeTpuEmbedderConfig,
+    config: DlibTFLiteEmbedderConfig | EdgeTpuEmbedderConfig | DlibInt8EmbedderConfig,
     *,
     cache_dir: Path | None = None,
     manifest: dict[str, model_manifest.ModelSpec] | None = None,
