@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,10 +112,12 @@ class _Activations:
 
     def __init__(self, model_path: Path, num_threads: int) -> None:
         module = interpreter_module()
-        self.interpreter: Any = module.Interpreter(
-            model_path=str(model_path), num_threads=num_threads,
-            experimental_preserve_all_tensors=True,
-        )
+        with warnings.catch_warnings():  # "intended for debugging": here it is the point
+            warnings.simplefilter("ignore", UserWarning)
+            self.interpreter: Any = module.Interpreter(
+                model_path=str(model_path), num_threads=num_threads,
+                experimental_preserve_all_tensors=True,
+            )
         self.interpreter.allocate_tensors()
         self.input = int(self.interpreter.get_input_details()[0]["index"])
         # Activations: the tensors some operator computes (constants are never outputs).
