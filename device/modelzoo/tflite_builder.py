@@ -245,7 +245,9 @@ class GraphBuilder:
         """
         dtype = _DTYPES.get(value.dtype.name)
         if dtype is None or dtype == fb.TensorType.UINT8:
-            raise ModelError(f"constant {name}: dtype {value.dtype} is not float32 or int32, nor int8")
+            raise ModelError(
+                f"constant {name}: dtype {value.dtype} is not float32 or int32, nor int8"
+            )
         data = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
         self._buffers.append(data)
         self._tensors.append(
