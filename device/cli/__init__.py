@@ -48,6 +48,7 @@ def bench() -> None:
 
 def _register() -> None:
     for command in (bench_embed.bench_embed, bench_embed.bench_embed_compare,
+                    bench_embed.bench_embed_int8,
                     bench_pipeline.bench_pipeline, bench_search.bench_search,
                     detect_cmd.bench_detect):
         bench.add_command(command)

@@ -271,3 +271,108 @@ def bench_embed_compare(images: Path | None, count: int, threads: int, cache_dir
     click.echo(f"facegate embedding / dlib compute_face_descriptor = {ratio:.3f} ({verdict} the "
                f"issue's floor of {FLOOR:.2f}); whole pipeline vs face_recognition = "
                f"{pipeline_ratio:.3f}")
+
+
+#: The int8 encoder's floors against the float one (cosine over chips, time per face).
+INT8_COSINE_MEDIAN, INT8_COSINE_P1, INT8_TIME_RATIO = 0.99, 0.97, 0.6
+
+
+@click.command("embed-int8")
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              required=True, help="Folder of face photos (searched recursively), e.g. LFW.")
+@click.option("--faces", "count", default=240, show_default=True,
+              help="Photos to use, spread evenly over the sorted folder.")
+@click.option("--threads", default=2, show_default=True, help="TFLite interpreter threads.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Model cache holding dlib-resnet-v1 and dlib-resnet-v1-int8.")
+@json_option
+@handle_errors
+def bench_embed_int8(images: Path, count: int, threads: int, cache_dir: Path | None,
+                     as_json: bool) -> None:
+    """The int8 encoder beside the float one on the same aligned chips, in one run.
+
+    Fidelity: cosine between the two models' raw descriptors of each chip (median, 1st
+    percentile, minimum), single and mirror-averaged. Time per face: each chip runs
+    through both models in turn (interleaved), single and mirror-averaged.
+    """
+    from device.imageio import iter_image_files, read_image
+    from device.modelzoo.dlib_runner import DlibResnetTFLite
+    from device.vision import models as model_manifest
+    from device.vision.align import AlignTemplate, align
+    from device.vision.stills import StillFaceFinder
+
+    files = sorted(iter_image_files(images))
+    if not files:
+        raise DeviceError(f"{images}: no image files found")
+    step = max(1, len(files) // max(count, 1))
+    picked = files[::step][:count]
+    spec = model_manifest.get_spec("dlib-resnet-v1")
+    template = AlignTemplate.from_manifest(spec.id, spec.extra)
+    chips: list[NDArray[np.uint8]] = []
+    with StillFaceFinder.from_config(cache_dir=cache_dir) as finder:
+        for path in picked:
+            photo = read_image(path)
+            found = finder.find(photo, largest_only=True)
+            if found:
+                chips.append(align(photo, found[0], template).image)
+    if not chips:
+        raise DeviceError(f"{images}: no face found in the {len(picked)} photos")
+    paths = {m: model_manifest.verified_path(m, cache_dir=cache_dir)
+             for m in ("dlib-resnet-v1", "dlib-resnet-v1-int8")}
+    with DlibResnetTFLite(paths["dlib-resnet-v1"], threads) as fl, \
+            DlibResnetTFLite(paths["dlib-resnet-v1-int8"], threads) as q8:
+
+        def flip(runner: DlibResnetTFLite, chip: NDArray[np.uint8]) -> NDArray[np.float32]:
+            both = runner.run_batch([chip, np.ascontiguousarray(chip[:, ::-1])])
+            out: NDArray[np.float32] = both.astype(np.float64).sum(axis=0).astype(np.float32)
+            return out
+
+        def cos(a: NDArray[np.float32], b: NDArray[np.float32]) -> float:
+            x, y = a.astype(np.float64), b.astype(np.float64)
+            return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
+
+        systems: dict[str, Callable[[NDArray[np.uint8]], NDArray[np.float32]]] = {
+            "float single": fl.run, "int8 single": q8.run,
+            "float mirror-averaged": lambda c: flip(fl, c),
+            "int8 mirror-averaged": lambda c: flip(q8, c),
+        }
+        times: dict[str, list[float]] = {name: [] for name in systems}
+        outputs: dict[str, list[NDArray[np.float32]]] = {name: [] for name in systems}
+        for chip in chips[:2]:  # warm-up
+            for fn in systems.values():
+                fn(chip)
+        for chip in chips:
+            for name, fn in systems.items():
+                started = time.perf_counter()
+                outputs[name].append(fn(chip))
+                times[name].append((time.perf_counter() - started) * 1000)
+        delegated = {"float": fl.fully_delegated(), "int8": q8.fully_delegated()}
+    fidelity = {}
+    for kind in ("single", "mirror-averaged"):
+        c = np.array([cos(a, b) for a, b in zip(outputs[f"float {kind}"],
+                                                outputs[f"int8 {kind}"], strict=True)])
+        fidelity[kind] = {"median": float(np.median(c)), "p1": float(np.percentile(c, 1)),
+                          "min": float(c.min())}
+    rows = [_row(name, str(threads), t) for name, t in times.items()]
+    ratio = {kind: statistics.median(times[f"int8 {kind}"]) /
+             statistics.median(times[f"float {kind}"]) for kind in ("single", "mirror-averaged")}
+    meets = (fidelity["single"]["median"] >= INT8_COSINE_MEDIAN
+             and fidelity["single"]["p1"] >= INT8_COSINE_P1
+             and all(r <= INT8_TIME_RATIO for r in ratio.values()))
+    if as_json:
+        emit_json({"chips": len(chips), "photos": len(picked), "rows": rows,
+                   "fidelity": fidelity, "time_ratio_int8_to_float": ratio,
+                   "xnnpack_whole_graph": delegated, "meets_floors": meets})
+        return
+    click.echo(f"{len(chips)} aligned chips from {len(picked)} photos of {images}")
+    click.echo(f"{'cosine int8 vs float':<28} {'median':>8} {'p1':>8} {'min':>8}")
+    for kind, f in fidelity.items():
+        click.echo(f"{kind:<28} {f['median']:>8.5f} {f['p1']:>8.5f} {f['min']:>8.5f}")
+    click.echo(f"{'time per face':<28} {'threads':>7} {'median ms':>10} {'p90 ms':>8}")
+    for row in rows:
+        click.echo(f"{row['embedder']:<28} {row['threads']:>7} {row['median_ms']:>10.2f} "
+                   f"{row['p90_ms']:>8.2f}")
+    click.echo(f"int8 / float time: single {ratio['single']:.3f}, mirror-averaged "
+               f"{ratio['mirror-averaged']:.3f}; floors cosine median >= {INT8_COSINE_MEDIAN}, "
+               f"p1 >= {INT8_COSINE_P1}, time <= {INT8_TIME_RATIO}x: "
+               f"{'met' if meets else 'MISSED'}; XNNPACK whole graph: {delegated}")

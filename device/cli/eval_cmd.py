@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
@@ -117,12 +118,15 @@ def _verdicts(rows: Sequence[Any], facegate: str, reference: str) -> list[dict[s
               help="Override the template's border fill for chips.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Model cache (default: the standard one).")
+@click.option("--embedder", "embedder_type", type=click.Choice(["dlib_tflite", "dlib_int8"]),
+              default="dlib_tflite", show_default=True,
+              help="Embedder backend: the float encoder, or its int8 build.")
 @json_option
 @handle_errors
 def eval_pairs(
     pairs_csv: Path | None, root: Path, all_pairs: bool, compare: bool, plot: Path | None,
     limit: int | None, threads: int, no_flip: bool, no_refine: bool, no_close_range: bool,
-    border: str | None, cache_dir: Path | None, as_json: bool,
+    border: str | None, cache_dir: Path | None, embedder_type: str, as_json: bool,
 ) -> None:
     """Verification accuracy on labelled pairs: TAR at FMR 1e-2 and 1e-3 with thresholds,
     EER, best accuracy and failures to detect (the whole image is then used as the face
@@ -134,7 +138,9 @@ def eval_pairs(
     by cosine, and facegate is compared against the better, with time per face.
     """
     from device.lab import evaluation
-    from device.vision.dlib_tflite import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
+    from device.vision.dlib_int8 import DlibInt8EmbedderConfig
+    from device.vision.dlib_tflite import DlibTFLiteEmbedderConfig
+    from device.vision.embed import create_embedder
     from device.vision.stills import StillFaceFinder, StillFinderConfig
 
     if pairs_csv is None and not all_pairs:
@@ -147,11 +153,16 @@ def eval_pairs(
 
     finder_config = StillFinderConfig(close_range=not no_close_range, refine=not no_refine,
                                       num_threads=threads)
-    embedder_config = DlibTFLiteEmbedderConfig(num_threads=threads, flip_average=not no_flip,
-                                               border=border)
+    embedder_config: DlibTFLiteEmbedderConfig | DlibInt8EmbedderConfig
+    if embedder_type == "dlib_int8":
+        embedder_config = DlibInt8EmbedderConfig(num_threads=threads, flip_average=not no_flip,
+                                                 border=border)
+    else:
+        embedder_config = DlibTFLiteEmbedderConfig(num_threads=threads, flip_average=not no_flip,
+                                                   border=border)
     systems: list[Any] = []
     with StillFaceFinder.from_config(finder_config, cache_dir=cache_dir) as finder, \
-            DlibTFLiteEmbedder(embedder_config, cache_dir=cache_dir) as embedder:
+            contextlib.closing(create_embedder(embedder_config, cache_dir=cache_dir)) as embedder:
         ours = evaluation.FacegateSystem(finder, embedder)
         systems.append(ours)
         if compare:

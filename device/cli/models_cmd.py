@@ -81,3 +81,46 @@ def build_models(cache_dir: Path | None, as_json: bool) -> None:
             else "already built and verified, nothing to do"
         )
         click.echo(f"{row['id']:<20} {row['status']:<10} {row['path']}  ({note})")
+
+
+@models_group.command("calibrate-int8")
+@click.option("--datasets", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              required=True, help="The shared datasets folder (deepface/ and diversity/ are used).")
+@click.option("--per-person", default=48, show_default=True,
+              help="Photos per diversity/ person (the first N by name).")
+@click.option("--percentile", type=click.FloatRange(50, 100, min_open=True), default=None,
+              help="Clip each range to this percentile (default: min/max over all chips).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Ranges file to write (models/quantisation/dlib-resnet-v1-int8.ranges.json).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Model cache holding the float dlib-resnet-v1 and BlazeFace.")
+@handle_errors
+def calibrate_int8(datasets: Path, per_person: int, percentile: float | None, out: Path,
+                   cache_dir: Path | None) -> None:
+    """Measure dlib-resnet-v1's activation ranges for its int8 build (not on LFW).
+
+    Writes the ranges file `facegate models build` quantises with; pin its sha256 in
+    models/manifest.toml and re-pin the int8 model's.
+    """
+    from device.modelzoo import calibrate
+
+    photos = calibrate.representative_photos(datasets, per_person)
+    chips, missed = calibrate.aligned_chips(
+        photos, datasets, cache_dir, progress=lambda m: click.echo(m, err=True))
+    float_path = model_manifest.verified_path("dlib-resnet-v1", cache_dir=cache_dir)
+    ranges = calibrate.measure_ranges(float_path, chips, percentile)
+    deepface = sum(c.source.startswith("deepface/") for c in chips)
+    meta = {
+        "model": "dlib-resnet-v1",
+        "float_sha256": model_manifest.sha256_file(float_path),
+        "method": "minmax" if percentile is None else f"percentile {percentile}",
+        "chips": len(chips),
+        "chip_set": (f"deepface/* ({deepface} chips) + first {per_person} photos of each "
+                     f"diversity/<person> ({len(chips) - deepface} chips), largest face by "
+                     "StillFaceFinder, aligned with dlib-resnet-v1's template; no LFW"),
+        "chips_sha256": calibrate.chip_digest(chips),
+        "no_face": missed,
+    }
+    calibrate.write_ranges(out, ranges, meta)
+    click.echo(f"{out}: {len(ranges)} tensor ranges from {len(chips)} chips "
+               f"({len(missed)} photos without a face); sha256 {model_manifest.sha256_file(out)}")

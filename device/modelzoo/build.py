@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from device.errors import ModelError
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
-def _convert_dlib_resnet(upstream: Path, progress: Progress) -> bytes:
+def _convert_dlib_resnet(spec: ModelSpec, upstream: Path, progress: Progress) -> bytes:
     size_mb = upstream.stat().st_size / 1e6
     progress(f"reading dlib network {upstream.name} ({size_mb:.1f} MB)")
     net = dlib_format.read_dlib_net(upstream)
@@ -44,9 +45,52 @@ def _convert_dlib_resnet(upstream: Path, progress: Progress) -> bytes:
     return dlib_resnet.convert(net)
 
 
-#: Converter name (the manifest's ``converter`` key) -> function(upstream, progress).
-CONVERTERS: dict[str, Callable[[Path, Progress], bytes]] = {
+def ranges_file(spec: ModelSpec) -> tuple[Path, str]:
+    """Locate an int8 model's activation-ranges file and return it with its pinned sha256.
+
+    Shipped in the wheel as ``device/quantisation/<path>``; in a checkout it is
+    ``models/quantisation/<path>``.
+
+    Raises:
+        ModelError: The manifest entry lacks ``ranges = { path, sha256 }``.
+    """
+    raw = spec.extra.get("ranges")
+    if not isinstance(raw, dict) or not {"path", "sha256"} <= raw.keys():
+        raise ModelError(
+            f"model {spec.id}: the manifest entry needs ranges = {{ path = ..., sha256 = ... }}"
+        )
+    name = str(raw["path"])
+    packaged = Path(str(resources.files("device"))) / "quantisation" / name
+    repo = Path(__file__).resolve().parents[2] / "models" / "quantisation" / name
+    return (packaged if packaged.is_file() else repo), str(raw["sha256"]).lower()
+
+
+def _convert_dlib_resnet_int8(spec: ModelSpec, upstream: Path, progress: Progress) -> bytes:
+    from device.modelzoo import calibrate, quantize
+
+    path, sha = ranges_file(spec)
+    manifest_mod.verify_file(path, sha, f"model {spec.id} activation ranges")
+    ranges, meta = calibrate.read_ranges(path)
+    progress(f"reading dlib network {upstream.name}")
+    net = dlib_format.read_dlib_net(upstream)
+    progress(
+        f"quantising to int8 with the ranges of {path.name} ({meta.get('method', '?')}, "
+        f"{meta.get('chips', '?')} chips)"
+    )
+    graph = quantize.quantise_graph(
+        dlib_resnet.convert_graph(net),
+        ranges,
+        "dlib_face_recognition_resnet_model_v1 (dlib, public domain), int8 post-training "
+        "quantisation by facegate: input [1,150,150,3] int8 = RGB pixel - 128 (scale 1, "
+        "zero point -128), output [1,128] float32 raw descriptor",
+    )
+    return graph.serialize()
+
+
+#: Converter name (the manifest's ``converter`` key) -> function(spec, upstream, progress).
+CONVERTERS: dict[str, Callable[[ModelSpec, Path, Progress], bytes]] = {
     "dlib-resnet": _convert_dlib_resnet,
+    "dlib-resnet-int8": _convert_dlib_resnet_int8,
 }
 
 
@@ -164,7 +208,7 @@ def build_model(
     say(f"{spec.id}: checking upstream {upstream} against its pinned sha256")
     manifest_mod.verify_file(upstream, upstream_sha, f"model {spec.id} upstream")
 
-    data = converter(upstream, lambda message: say(f"{spec.id}: {message}"))
+    data = converter(spec, upstream, lambda message: say(f"{spec.id}: {message}"))
     digest = hashlib.sha256(data).hexdigest()
     if digest != spec.sha256:
         raise ModelError(

@@ -11,6 +11,11 @@ It takes a plain path, unlike :class:`device.vision.runtime.ModelRuntime`, so th
 fidelity tests and ``facegate bench embed`` can load any build of the encoder; the
 interpreter comes from the same place as the runtime's (``ai_edge_litert``, else
 ``tflite_runtime``). An interpreter is not thread-safe: use one instance per thread.
+
+It runs the int8 build (``dlib-resnet-v1-int8``) too: when the model's input is int8,
+each pixel is quantised with the input's scale and zero point (scale 1, zero point
+-128: ``pixel - 128``, exact), and a batch runs as one invocation per chip (the int8
+graph's zero padding of channels is a constant of batch 1).
 """
 
 from __future__ import annotations
@@ -98,6 +103,15 @@ class DlibResnetTFLite:
         self._input = int(inputs[0]["index"])
         self._output = int(outputs[0]["index"])
         self._batch = 1
+        self.input_dtype = np.dtype(inputs[0]["dtype"]).name
+        scale, zero = inputs[0].get("quantization", (0.0, 0))
+        self._quant = (float(scale), int(zero))
+        if self.input_dtype not in ("float32", "int8"):
+            raise ModelError(
+                f"{self.model_path}: input dtype {self.input_dtype} is neither float32 nor int8"
+            )
+        if self.input_dtype == "int8" and self._quant[0] <= 0:
+            raise ModelError(f"{self.model_path}: the int8 input has no quantisation scale")
         logger.debug("loaded %s with %d thread(s)", self.model_path, num_threads)
 
     @classmethod
@@ -140,6 +154,8 @@ class DlibResnetTFLite:
         if not chips:
             raise ModelError("no face chips to run")
         batch = np.concatenate([check_chip(chip) for chip in chips])
+        if self.input_dtype == "int8":
+            return np.stack([self._run_int8(one[None]) for one in batch])
         if batch.shape[0] != self._batch:
             self._interpreter.resize_tensor_input(self._input, [batch.shape[0], *CHIP_SHAPE])
             self._interpreter.allocate_tensors()
@@ -147,6 +163,14 @@ class DlibResnetTFLite:
         self._interpreter.set_tensor(self._input, batch)
         self._interpreter.invoke()
         out: NDArray[np.float32] = self._interpreter.get_tensor(self._output).copy()
+        return out
+
+    def _run_int8(self, chip: NDArray[np.float32]) -> NDArray[np.float32]:
+        scale, zero = self._quant
+        q = np.clip(np.round(chip / scale) + zero, -128, 127).astype(np.int8)
+        self._interpreter.set_tensor(self._input, q)
+        self._interpreter.invoke()
+        out: NDArray[np.float32] = self._interpreter.get_tensor(self._output)[0].copy()
         return out
 
     def fully_delegated(self) -> bool:

@@ -433,7 +433,7 @@ def pinned_sha256(model_id: str, override: str | None = None,
 
 def install_model(model_id: str, sha256: str, dest_dir: Path, *, source_file: Path | None = None,
                   manifest: Mapping[str, model_manifest.ModelSpec] | None = None) -> Path:
-    """Put a ``url`` model into the model cache, verified against ``sha256``.
+    """Put a ``url`` (or ``compiled``) model into the model cache, verified against ``sha256``.
 
     Copies ``source_file`` when given (offline installs), else downloads the
     manifest's URL. The file appears only after its hash matched; a file already
@@ -444,7 +444,13 @@ def install_model(model_id: str, sha256: str, dest_dir: Path, *, source_file: Pa
         ModelError: Not a ``url`` model, download failure, or a hash mismatch.
     """
     spec = model_manifest.get_spec(model_id, dict(manifest) if manifest is not None else None)
-    if spec.source != "url" or not spec.url:
+    if spec.source == "compiled":
+        if source_file is None:
+            raise ModelError(
+                f"model {model_id} is compiled at provisioning: give the compiled file with "
+                "--file (provisioning/compile-edgetpu.sh does)"
+            )
+    elif spec.source != "url" or not spec.url:
         raise ModelError(f"model {model_id} is not fetched from a URL (source = {spec.source})")
     target = dest_dir / spec.path
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -452,6 +458,7 @@ def install_model(model_id: str, sha256: str, dest_dir: Path, *, source_file: Pa
         if source_file is not None:
             data = _read_local(source_file, model_id)
         else:
+            assert spec.url is not None
             data = _download(spec.url, model_id)
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha256:

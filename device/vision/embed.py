@@ -23,6 +23,7 @@ from pydantic import Field
 from device.types import Embedding, FaceChip
 from device.vision import models as model_manifest
 from device.vision.align import AlignTemplate
+from device.vision.dlib_int8 import DlibInt8Embedder, DlibInt8EmbedderConfig
 from device.vision.dlib_tflite import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
 from device.vision.edgetpu_embedder import EdgeTpuEmbedder, EdgeTpuEmbedderConfig
 from device.vision.embed_support import check_chip_size, l2_normalise
@@ -70,18 +71,20 @@ class Embedder(Protocol):
 
 #: Any embedder backend's configuration, chosen by its ``type``.
 EmbedderConfig = Annotated[
-    DlibTFLiteEmbedderConfig | EdgeTpuEmbedderConfig, Field(discriminator="type")
+    DlibTFLiteEmbedderConfig | EdgeTpuEmbedderConfig | DlibInt8EmbedderConfig,
+    Field(discriminator="type"),
 ]
 
 #: ``type`` → embedder class. Each class takes ``(config, *, cache_dir, manifest)``.
 EMBEDDERS: dict[str, Callable[..., Embedder]] = {
     "dlib_tflite": DlibTFLiteEmbedder,
     "edgetpu": EdgeTpuEmbedder,
+    "dlib_int8": DlibInt8Embedder,
 }
 
 
 def create_embedder(
-    config: DlibTFLiteEmbedderConfig | EdgeTpuEmbedderConfig,
+    config: DlibTFLiteEmbedderConfig | EdgeTpuEmbedderConfig | DlibInt8EmbedderConfig,
     *,
     cache_dir: Path | None = None,
     manifest: dict[str, model_manifest.ModelSpec] | None = None,

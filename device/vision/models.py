@@ -22,7 +22,7 @@ from device.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
-_SOURCES = ("package", "url", "build")
+_SOURCES = ("package", "url", "build", "compiled")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class ModelSpec:
     Attributes:
         id: Manifest key, e.g. ``blazeface-full``.
         kind: ``detector`` or ``embedder``.
-        source: ``package``, ``url`` or ``build``.
+        source: ``package``, ``url``, ``build`` or ``compiled``.
         sha256: Pinned hash of the file the interpreter loads.
         path: For ``package``: path inside the package; otherwise the file name in
             the model cache.
@@ -194,13 +194,15 @@ def verify_file(path: Path, expected_sha256: str, what: str) -> None:
 
 def installer_pin(spec: ModelSpec, cache_dir: Path | None = None) -> str:
     """The sha256 an installer pinned at provisioning for a ``url`` model the manifest leaves
-    unpinned (``<file>.sha256`` beside the model in the cache), or ``""``.
+    unpinned (``<file>.sha256`` beside the model in the cache), or ``""``. Also for a
+    ``compiled`` model (an Edge TPU compilation made at provisioning, whose bytes depend
+    on the compiler's version: ``provisioning/compile-edgetpu.sh`` records its pin).
 
     Coral's detector is the case: no trusted hash of it could be checked when the manifest
     was written, so ``provision-unit.sh --coral-sha256 HASH`` records the installer's and
     the unit verifies against that. A manifest pin, when present, always wins.
     """
-    if spec.sha256 or spec.source != "url":
+    if spec.sha256 or spec.source not in ("url", "compiled"):
         return ""
     pin_file = resolve(spec, cache_dir).with_name(Path(spec.path).name + ".sha256")
     try:
@@ -227,16 +229,26 @@ def verified_path(
     spec = get_spec(model_id, manifest)
     pin = effective_sha256(spec, cache_dir)
     if not pin:
+        how = (
+            "compile it with provisioning/compile-edgetpu.sh, which records the pin"
+            if spec.source == "compiled"
+            else "provision with --coral-sha256 HASH taken from a source you trust"
+        )
         raise ModelError(
             f"model {model_id}: the manifest pins no sha256 and no installer pin was "
-            "recorded, so its file cannot be verified and is refused; provision with "
-            "--coral-sha256 HASH taken from a source you trust"
+            f"recorded, so its file cannot be verified and is refused; {how}"
         )
     path = resolve(spec, cache_dir)
     if spec.source == "build" and not path.exists():
         raise ModelError(
             f"model {model_id} has not been built yet (expected {path}); "
             "run `facegate models build`"
+        )
+    if spec.source == "compiled" and not path.exists():
+        raise ModelError(
+            f"model {model_id} is not compiled (expected {path}); compile "
+            f"{spec.extra.get('compiled_from', 'its int8 model')} with "
+            "provisioning/compile-edgetpu.sh on a machine with edgetpu_compiler"
         )
     if spec.source == "url" and not path.exists():
         raise ModelError(

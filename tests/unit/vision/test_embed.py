@@ -47,8 +47,14 @@ def _edgetpu_available() -> bool:
 
 
 def test_registry_covers_every_config_type() -> None:
-    types = {DlibTFLiteEmbedderConfig().type, EdgeTpuEmbedderConfig(model="x").type}
+    from device.vision.dlib_int8 import DlibInt8EmbedderConfig
+
+    types = {DlibTFLiteEmbedderConfig().type, EdgeTpuEmbedderConfig(model="x").type,
+             DlibInt8EmbedderConfig().type}
     assert set(em.EMBEDDERS) == types
+    adapter: TypeAdapter[object] = TypeAdapter(em.EmbedderConfig)
+    int8 = adapter.validate_python({"type": "dlib_int8", "num_threads": 1})
+    assert isinstance(int8, DlibInt8EmbedderConfig) and int8.model == "dlib-resnet-v1-int8"
 
 
 def test_configs_are_chosen_by_type_and_refuse_typos() -> None:
