@@ -446,7 +446,7 @@ class _Converter:
         )
         self.current = out
 
-    def run(self, resolved: list[tuple[DlibLayer, Step]]) -> bytes:
+    def run(self, resolved: list[tuple[DlibLayer, Step]]) -> GraphBuilder:
         for index, (layer, step) in enumerate(resolved):
             name = f"{index:03d}_{step.kind}"
             if isinstance(layer, InputRGB):
@@ -475,7 +475,7 @@ class _Converter:
             len(resolved),
             self.graph.num_operators,
         )
-        return self.graph.serialize()
+        return self.graph
 
 
 def _same_padding(size: int, kernel: int, stride: int, pad: int) -> bool:
@@ -491,6 +491,15 @@ def convert(net: DlibNet) -> bytes:
 
     Deterministic: the same ``.dat`` gives byte-identical output (all folding is done
     in float64 with exactly rounded sums, then rounded once to float32).
+
+    Raises:
+        ModelError: The network is not dlib's face recognition ResNet.
+    """
+    return convert_graph(net).serialize()
+
+
+def convert_graph(net: DlibNet) -> GraphBuilder:
+    """The float32 graph :func:`convert` serializes (for passes such as int8 quantisation).
 
     Raises:
         ModelError: The network is not dlib's face recognition ResNet.

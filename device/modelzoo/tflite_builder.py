@@ -1,10 +1,15 @@
-"""Write a float32 TensorFlow Lite model with ``flatbuffers.Builder``, no TensorFlow.
+"""Write a TensorFlow Lite model with ``flatbuffers.Builder``, no TensorFlow.
 
 A :class:`GraphBuilder` collects tensors (constants and activations) and operators
 in one subgraph; :meth:`GraphBuilder.serialize` lays them out as a ``TFL3``
 flatbuffer.  Only the operators facegate's converters need are supported (see
 :mod:`device.modelzoo.tflite_schema`).  Output is deterministic: the same calls give
 the same bytes.
+
+Tensors are float32 by default; int8/int32 tensors with quantisation parameters
+(:class:`Quantization`) make full-integer models (see :mod:`device.modelzoo.quantize`).
+A float tensor's table is written exactly as before quantisation was supported, so
+float models keep their bytes.
 """
 
 from __future__ import annotations
@@ -84,6 +89,19 @@ class ReducerOptions:
     keep_dims: bool = False
 
 
+@dataclass(frozen=True)
+class ConcatenationOptions:
+    """``ConcatenationOptions``: the axis to join along."""
+
+    axis: int
+    activation: fb.Activation = fb.Activation.NONE
+
+
+@dataclass(frozen=True)
+class DequantizeOptions:
+    """DEQUANTIZE takes no options (none are written, as TFLite's converter does)."""
+
+
 Options = (
     Conv2DOptions
     | Pool2DOptions
@@ -92,6 +110,8 @@ Options = (
     | MulOptions
     | PadOptions
     | ReducerOptions
+    | ConcatenationOptions
+    | DequantizeOptions
 )
 
 _OPTIONS_FOR: dict[fb.BuiltinOperator, type] = {
@@ -103,7 +123,45 @@ _OPTIONS_FOR: dict[fb.BuiltinOperator, type] = {
     fb.BuiltinOperator.MUL: MulOptions,
     fb.BuiltinOperator.PAD: PadOptions,
     fb.BuiltinOperator.MEAN: ReducerOptions,
+    fb.BuiltinOperator.CONCATENATION: ConcatenationOptions,
+    fb.BuiltinOperator.DEQUANTIZE: DequantizeOptions,
 }
+
+_DTYPES: dict[str, fb.TensorType] = {
+    "float32": fb.TensorType.FLOAT32,
+    "int32": fb.TensorType.INT32,
+    "int8": fb.TensorType.INT8,
+    "uint8": fb.TensorType.UINT8,
+}
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """A tensor's affine quantisation: ``real = scale * (q - zero_point)``.
+
+    Attributes:
+        scales: One scale (per tensor) or one per slice along ``dimension``.
+        zero_points: As many zero points as scales.
+        dimension: The axis the scales run along when there are several.
+    """
+
+    scales: tuple[float, ...]
+    zero_points: tuple[int, ...]
+    dimension: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.scales or len(self.scales) != len(self.zero_points):
+            raise ModelError(
+                f"quantisation needs as many zero points as scales, got {len(self.scales)} "
+                f"and {len(self.zero_points)}"
+            )
+        if not all(s > 0 and np.isfinite(s) for s in self.scales):
+            raise ModelError(f"quantisation scales must be positive and finite: {self.scales}")
+
+    @staticmethod
+    def per_tensor(scale: float, zero_point: int) -> Quantization:
+        """One scale and zero point for the whole tensor."""
+        return Quantization((float(scale),), (int(zero_point),))
 
 
 @dataclass(frozen=True)
@@ -112,6 +170,36 @@ class _Tensor:
     shape: tuple[int, ...]
     dtype: fb.TensorType
     buffer: int  # 0 = no data (activation)
+    quantization: Quantization | None = None
+
+
+@dataclass(frozen=True)
+class TensorView:
+    """What a graph knows of one tensor (for passes that rewrite a graph).
+
+    Attributes:
+        name: Tensor name.
+        shape: Its shape.
+        dtype: Its element type.
+        data: The constant's value, or ``None`` for a tensor computed at run time.
+        quantization: Quantisation parameters, if any.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: fb.TensorType
+    data: NDArray[np.generic] | None
+    quantization: Quantization | None
+
+
+@dataclass(frozen=True)
+class OperatorView:
+    """One operator of a graph: opcode, tensor indices and options."""
+
+    opcode: fb.BuiltinOperator
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    options: Options
 
 
 @dataclass(frozen=True)
@@ -136,6 +224,7 @@ class GraphBuilder:
         self._buffers: list[bytes] = [b""]  # buffer 0: the empty sentinel
         self._inputs: tuple[int, ...] = ()
         self._outputs: tuple[int, ...] = ()
+        self._versions: dict[fb.BuiltinOperator, int] = {}
 
     # graph construction -------------------------------------------------------------
 
@@ -143,29 +232,77 @@ class GraphBuilder:
         """Shape of a tensor added earlier."""
         return self._tensors[tensor].shape
 
-    def constant(self, name: str, value: NDArray[np.float32] | NDArray[np.int32]) -> int:
-        """Add a constant tensor (float32 or int32) and return its index.
+    def constant(
+        self,
+        name: str,
+        value: NDArray[np.float32] | NDArray[np.int32] | NDArray[np.int8],
+        quantization: Quantization | None = None,
+    ) -> int:
+        """Add a constant tensor (float32, int32 or int8) and return its index.
 
         Raises:
-            ModelError: The array's dtype is neither float32 nor int32.
+            ModelError: The array's dtype is none of those.
         """
-        if value.dtype == np.float32:
-            dtype = fb.TensorType.FLOAT32
-        elif value.dtype == np.int32:
-            dtype = fb.TensorType.INT32
-        else:
-            raise ModelError(f"constant {name}: dtype {value.dtype} is not float32 or int32")
+        dtype = _DTYPES.get(value.dtype.name)
+        if dtype is None or dtype == fb.TensorType.UINT8:
+            raise ModelError(f"constant {name}: dtype {value.dtype} is not float32, int32 or int8")
         data = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
         self._buffers.append(data)
-        self._tensors.append(_Tensor(name, tuple(value.shape), dtype, len(self._buffers) - 1))
+        self._tensors.append(
+            _Tensor(name, tuple(value.shape), dtype, len(self._buffers) - 1, quantization)
+        )
         return len(self._tensors) - 1
 
     def activation(
-        self, name: str, shape: tuple[int, ...], dtype: fb.TensorType = fb.TensorType.FLOAT32
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: fb.TensorType = fb.TensorType.FLOAT32,
+        quantization: Quantization | None = None,
     ) -> int:
         """Add a tensor computed at run time and return its index."""
-        self._tensors.append(_Tensor(name, tuple(shape), dtype, 0))
+        self._tensors.append(_Tensor(name, tuple(shape), dtype, 0, quantization))
         return len(self._tensors) - 1
+
+    def set_version(self, opcode: fb.BuiltinOperator, version: int) -> None:
+        """Declare an operator's version (default 1); int8 kernels have their own.
+
+        Raises:
+            ModelError: ``version`` is below 1.
+        """
+        if version < 1:
+            raise ModelError(f"{opcode.name}: operator version {version} is below 1")
+        self._versions[opcode] = version
+
+    # reading back (for graph rewrites) ------------------------------------------------
+
+    @property
+    def num_tensors(self) -> int:
+        """Tensors added so far."""
+        return len(self._tensors)
+
+    def tensor(self, index: int) -> TensorView:
+        """A tensor added earlier, with its constant value decoded."""
+        t = self._tensors[index]
+        data: NDArray[np.generic] | None = None
+        if t.buffer:
+            np_type = {
+                fb.TensorType.FLOAT32: "<f4",
+                fb.TensorType.INT32: "<i4",
+                fb.TensorType.INT8: "i1",
+            }[t.dtype]
+            data = np.frombuffer(self._buffers[t.buffer], dtype=np_type).reshape(t.shape)
+        return TensorView(t.name, t.shape, t.dtype, data, t.quantization)
+
+    def operators(self) -> list[OperatorView]:
+        """Every operator, in execution order."""
+        return [OperatorView(op.opcode, op.inputs, op.outputs, op.options)
+                for op in self._operators]
+
+    @property
+    def io(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The declared input and output tensor indices."""
+        return self._inputs, self._outputs
 
     def operator(
         self,
@@ -263,7 +400,9 @@ class GraphBuilder:
             builder.PrependInt8Slot(
                 fb.OperatorCodeField.deprecated_builtin_code, min(int(code), 127), 0
             )
-            builder.PrependInt32Slot(fb.OperatorCodeField.version, 1, 1)
+            builder.PrependInt32Slot(
+                fb.OperatorCodeField.version, self._versions.get(code, 1), 1
+            )
             builder.PrependInt32Slot(fb.OperatorCodeField.builtin_code, int(code), 0)
             code_offsets.append(builder.EndObject())
         codes_vec = _offset_vector(builder, code_offsets)
@@ -298,7 +437,12 @@ class GraphBuilder:
     def _write_tensor(builder: flatbuffers.Builder, tensor: _Tensor) -> int:
         name = builder.CreateString(tensor.name)
         shape = _int_vector(builder, tensor.shape)
-        builder.StartObject(fb.TENSOR_SLOTS)
+        if tensor.quantization is not None:
+            quant = _write_quantization(builder, tensor.quantization)
+            builder.StartObject(fb.QUANTIZED_TENSOR_SLOTS)
+            builder.PrependUOffsetTRelativeSlot(fb.TENSOR_QUANTIZATION_SLOT, quant, 0)
+        else:
+            builder.StartObject(fb.TENSOR_SLOTS)
         builder.PrependUOffsetTRelativeSlot(fb.TensorField.shape, shape, 0)
         builder.PrependInt8Slot(fb.TensorField.type, int(tensor.dtype), 0)
         builder.PrependUint32Slot(fb.TensorField.buffer, tensor.buffer, 0)
@@ -319,7 +463,26 @@ class GraphBuilder:
         return int(builder.EndObject())
 
 
+def _write_quantization(builder: flatbuffers.Builder, quant: Quantization) -> int:
+    scales = builder.CreateNumpyVector(np.asarray(quant.scales, dtype="<f4"))
+    zeros = builder.CreateNumpyVector(np.asarray(quant.zero_points, dtype="<i8"))
+    builder.StartObject(fb.QUANTIZATION_SLOTS)
+    builder.PrependUOffsetTRelativeSlot(fb.QuantizationField.scale, scales, 0)
+    builder.PrependUOffsetTRelativeSlot(fb.QuantizationField.zero_point, zeros, 0)
+    builder.PrependInt32Slot(fb.QuantizationField.quantized_dimension, quant.dimension, 0)
+    return int(builder.EndObject())
+
+
 def _write_options(builder: flatbuffers.Builder, options: Options) -> tuple[fb.BuiltinOptions, int]:
+    if isinstance(options, DequantizeOptions):
+        return fb.BuiltinOptions.NONE, 0
+    if isinstance(options, ConcatenationOptions):
+        builder.StartObject(fb.CONCATENATION_OPTIONS_SLOTS)
+        builder.PrependInt32Slot(fb.ConcatenationOptionsField.axis, options.axis, 0)
+        builder.PrependInt8Slot(
+            fb.ConcatenationOptionsField.fused_activation_function, int(options.activation), 0
+        )
+        return fb.BuiltinOptions.ConcatenationOptions, int(builder.EndObject())
     if isinstance(options, Conv2DOptions):
         builder.StartObject(fb.CONV2D_OPTIONS_SLOTS)
         builder.PrependInt8Slot(fb.Conv2DOptionsField.padding, int(options.padding), 0)

@@ -27,6 +27,8 @@ class TensorType(IntEnum):
 
     FLOAT32 = 0
     INT32 = 2
+    UINT8 = 3
+    INT8 = 9
 
 
 class BuiltinOperator(IntEnum):
@@ -34,7 +36,9 @@ class BuiltinOperator(IntEnum):
 
     ADD = 0
     AVERAGE_POOL_2D = 1
+    CONCATENATION = 2
     CONV_2D = 3
+    DEQUANTIZE = 6
     FULLY_CONNECTED = 9
     MAX_POOL_2D = 17
     MUL = 18
@@ -49,6 +53,7 @@ class BuiltinOptions(IntEnum):
     Conv2DOptions = 1
     Pool2DOptions = 5
     FullyConnectedOptions = 8
+    ConcatenationOptions = 10
     AddOptions = 11
     MulOptions = 21
     PadOptions = 22
@@ -122,6 +127,26 @@ class TensorField:
 
 TENSOR_SLOTS = 4
 
+#: A tensor with quantisation parameters also writes field 4 (``quantization``). Float
+#: tensors keep the 4-slot table, so the float models' bytes do not change.
+TENSOR_QUANTIZATION_SLOT = 4
+QUANTIZED_TENSOR_SLOTS = 5
+
+
+class QuantizationField:
+    """``table QuantizationParameters`` (``details`` is a union: two slots)."""
+
+    min = 0
+    max = 1
+    scale = 2  # [float]
+    zero_point = 3  # [long]
+    details_type = 4
+    details = 5
+    quantized_dimension = 6
+
+
+QUANTIZATION_SLOTS = 7
+
 
 class BufferField:
     """``table Buffer``."""
@@ -191,6 +216,16 @@ class AddOptionsField:
 
 
 ADD_OPTIONS_SLOTS = 1
+
+
+class ConcatenationOptionsField:
+    """``table ConcatenationOptions``."""
+
+    axis = 0
+    fused_activation_function = 1
+
+
+CONCATENATION_OPTIONS_SLOTS = 2
 
 
 class ReducerOptionsField:
