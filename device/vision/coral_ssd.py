@@ -154,7 +154,9 @@ class CoralSsdConfig(Section):
 
     type: Literal["coral-ssd"] = Field("coral-ssd", description="Detector backend.")
     model_id: str = Field(
-        "coral-ssd-face", description="Manifest id of the Edge TPU compiled model."
+        "coral-ssd-face",
+        description="Manifest id: coral-ssd-face (compiled for the Edge TPU) or "
+        "coral-ssd-face-cpu (the same network uncompiled, on the CPU without a TPU).",
     )
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="Minimum score.")
     max_faces: int = Field(100, ge=1, le=1000, description="At most this many faces per frame.")
@@ -165,10 +167,11 @@ class CoralSsdConfig(Section):
 
 
 class CoralSsdDetector:
-    """Detect faces on the Edge TPU. A context manager; ``close()`` is idempotent.
+    """Detect faces on the Edge TPU (or, with the CPU variant, through LiteRT on the CPU).
+    A context manager; ``close()`` is idempotent.
 
     Raises:
-        HardwareError: No usable Edge TPU (checked first).
+        HardwareError: No usable Edge TPU (checked first, for the Edge TPU model).
         ModelError: The model is missing, unpinned, fails verification, or does not
             have the expected tensors.
     """
@@ -181,8 +184,12 @@ class CoralSsdDetector:
         manifest: dict[str, model_manifest.ModelSpec] | None = None,
     ) -> None:
         self.config = config or CoralSsdConfig()
+        # The manifest says whether the file is compiled for the Edge TPU (edgetpu = true,
+        # the default) or is the CPU variant, run by LiteRT alone.
+        spec = model_manifest.get_spec(self.config.model_id, manifest)
+        on_tpu = bool(spec.extra.get("edgetpu", True))
         self.runtime = ModelRuntime(
-            self.config.model_id, num_threads=self.config.num_threads, edgetpu=True,
+            self.config.model_id, num_threads=self.config.num_threads, edgetpu=on_tpu,
             edgetpu_device=self.config.device, cache_dir=cache_dir, manifest=manifest,
         )
         info = self.runtime.inputs[0] if len(self.runtime.inputs) == 1 else None

@@ -2,8 +2,9 @@
 
 ``models/manifest.toml`` (shipped inside the wheel as ``device/models_manifest.toml``)
 lists every model. :func:`resolve` finds a model's file and :func:`verified_path`
-refuses it unless its sha256 matches the pinned value, so a truncated, corrupted or
-swapped model never reaches the interpreter.
+refuses it unless its sha256 matches the pinned value (and, for a file taken from a
+public git repository, its git blob id matches the one that repository records), so a
+truncated, corrupted or swapped model never reaches the interpreter.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,6 +25,7 @@ from device.errors import ModelError
 logger = logging.getLogger(__name__)
 
 _SOURCES = ("package", "url", "build", "compiled")
+_GIT_OBJECT_ID = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,10 @@ class ModelSpec:
             the model cache.
         package: Import name of the package that ships the file (``package`` source).
         url: Download address (``url`` source).
+        git_blob: Git blob id (SHA-1 of ``b"blob <size>\\0" + bytes``) that the public
+            repository ``git_repo`` records for the file at commit ``git_commit``; an
+            identity checked offline, before any sha256 is recorded for the file.
+        git_commit: The commit of ``git_repo`` whose tree holds ``git_blob``.
         extra: Every other key of the entry (input spec, template, upstream, …).
     """
 
@@ -50,6 +57,8 @@ class ModelSpec:
     package: str | None = None
     url: str | None = None
     licence: str = ""
+    git_blob: str = ""
+    git_commit: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -93,6 +102,14 @@ def load_manifest(path: Path | None = None) -> dict[str, ModelSpec]:
                 f"model manifest {path}: [models.{model_id}] source {source!r} is not one of "
                 f"{', '.join(_SOURCES)}"
             )
+        git_ids = {key: str(rest.pop(key, "")).strip().lower()
+                   for key in ("git_blob", "git_commit")}
+        for key, value in git_ids.items():
+            if value and not _GIT_OBJECT_ID.match(value):
+                raise ModelError(
+                    f"model manifest {path}: [models.{model_id}] {key} {value!r} is not a git "
+                    "object id (40 hex digits)"
+                )
         specs[model_id] = ModelSpec(
             id=model_id,
             kind=kind,
@@ -103,6 +120,8 @@ def load_manifest(path: Path | None = None) -> dict[str, ModelSpec]:
             package=rest.pop("package", None),
             url=rest.pop("url", None),
             licence=rest.pop("licence", ""),
+            git_blob=git_ids["git_blob"],
+            git_commit=git_ids["git_commit"],
             extra=rest,
         )
     return specs
@@ -171,6 +190,39 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def git_blob_id_of(data: bytes) -> str:
+    """Git's blob id of ``data``: SHA-1 of ``b"blob <size>\\0"`` followed by the bytes
+    (what ``git hash-object`` prints)."""
+    digest = hashlib.sha1(b"blob %d\0" % len(data))
+    digest.update(data)
+    return digest.hexdigest()
+
+
+def file_digests(path: Path) -> tuple[str, str]:
+    """``(sha256, git blob id)`` of a file, in one streamed pass.
+
+    Raises:
+        OSError: The file cannot be read, or its size changed while it was read.
+    """
+    size = path.stat().st_size
+    sha256 = hashlib.sha256()
+    blob = hashlib.sha1(b"blob %d\0" % size)
+    seen = 0
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            sha256.update(block)
+            blob.update(block)
+            seen += len(block)
+    if seen != size:
+        raise OSError(f"{path} changed size while it was read ({size} then {seen} bytes)")
+    return sha256.hexdigest(), blob.hexdigest()
+
+
+def git_blob_id(path: Path) -> str:
+    """Git's blob id of a file (``git hash-object PATH``), streamed."""
+    return file_digests(path)[1]
+
+
 def verify_file(path: Path, expected_sha256: str, what: str) -> None:
     """Refuse a file whose sha256 is not the pinned one.
 
@@ -223,20 +275,23 @@ def verified_path(
 ) -> Path:
     """Resolve a model by id and check its hash; the path is safe to load.
 
+    The file must match its sha256 pin (the manifest's, else the installer's) and, when the
+    manifest records a git blob id for it, that blob id too; at least one must exist.
+
     Raises:
         ModelError: Unknown id, no pin at all, file missing, or hash mismatch.
     """
     spec = get_spec(model_id, manifest)
     pin = effective_sha256(spec, cache_dir)
-    if not pin:
+    if not pin and not spec.git_blob:
         how = (
             "compile it with provisioning/compile-edgetpu.sh, which records the pin"
             if spec.source == "compiled"
             else "provision with --coral-sha256 HASH taken from a source you trust"
         )
         raise ModelError(
-            f"model {model_id}: the manifest pins no sha256 and no installer pin was "
-            f"recorded, so its file cannot be verified and is refused; {how}"
+            f"model {model_id}: the manifest pins no sha256 (nor a git blob id) and no "
+            f"installer pin was recorded, so its file cannot be verified and is refused; {how}"
         )
     path = resolve(spec, cache_dir)
     if spec.source == "build" and not path.exists():
@@ -255,6 +310,35 @@ def verified_path(
             f"model {model_id} is not downloaded (expected {path}); units fetch it at "
             f"provisioning from {spec.url}"
         )
-    verify_file(path, pin, f"model {model_id}")
+    if pin:
+        verify_file(path, pin, f"model {model_id}")
+    if spec.git_blob:
+        verify_git_blob(path, spec, f"model {model_id}")
     logger.debug("model %s verified at %s", model_id, path)
     return path
+
+
+def verify_git_blob(path: Path, spec: ModelSpec, what: str) -> None:
+    """Refuse a file whose git blob id is not the one the manifest records for ``spec``.
+
+    Raises:
+        ModelError: The file is missing, unreadable, or its blob id differs.
+    """
+    try:
+        actual = git_blob_id(path)
+    except FileNotFoundError:
+        raise ModelError(f"{what}: model file {path} does not exist") from None
+    except OSError as exc:
+        raise ModelError(f"{what}: cannot read model file {path}: {exc}") from exc
+    if actual != spec.git_blob:
+        raise ModelError(
+            f"{what}: model file {path} ({path.stat().st_size} bytes) has git blob id "
+            f"{actual}, but the manifest records {spec.git_blob} ({git_origin(spec)}); the "
+            "file is truncated, corrupted or not the expected model. Re-run provisioning."
+        )
+
+
+def git_origin(spec: ModelSpec) -> str:
+    """Where the manifest says the blob id comes from, for messages."""
+    repo = str(spec.extra.get("git_repo", "its git repository"))
+    return f"{repo} at commit {spec.git_commit}" if spec.git_commit else repo

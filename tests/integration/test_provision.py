@@ -1,10 +1,12 @@
 """provision-unit.sh --root: the same tree twice, with the unit, config, credentials
-layout and model manifest; an unpinned Coral model refused before anything is done."""
+layout and model manifest; a Coral model that does not match its trusted identity (the
+manifest's git blob id), or has none, refused before anything is done."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -15,16 +17,34 @@ import pytest
 
 from device.service.config import load_config
 from device.sync.keys import generate_key
+from device.vision import models as model_manifest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "provisioning" / "provision-unit.sh"
 
 
-def provision(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def provision(root: Path, *args: str, repo: Path = REPO) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(repo)}
     return subprocess.run(
-        ["bash", str(SCRIPT), "--root", str(root), "--python", sys.executable, *args],
+        ["bash", str(repo / "provisioning" / "provision-unit.sh"), "--root", str(root),
+         "--python", sys.executable, *args],
         capture_output=True, text=True, timeout=300, check=False, stdin=subprocess.DEVNULL,
+        env=env, cwd=repo,  # python -m puts the working directory first on sys.path
     )
+
+
+def repo_with_coral_identity(tmp_path: Path, git_blob: str | None) -> Path:
+    """A copy of the parts of the checkout provisioning uses, whose manifest records
+    ``git_blob`` for the Coral model (``None``: no blob id at all)."""
+    repo = tmp_path / "repo"
+    for part in ("device", "models", "provisioning", "systemd"):
+        shutil.copytree(REPO / part, repo / part,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    manifest = repo / "models" / "manifest.toml"
+    text = manifest.read_text()
+    shipped = 'git_blob = "026972bf762815ba56f8403b2c9e7ab0bc77f547"\n'
+    assert shipped in text
+    manifest.write_text(text.replace(shipped, f'git_blob = "{git_blob}"\n' if git_blob else ""))
+    return repo
 
 
 def snapshot(root: Path) -> list[tuple[str, str, str]]:
@@ -137,34 +157,83 @@ def test_root_mode_is_idempotent_and_complete(tmp_path: Path, inputs: dict[str, 
                 assert b"s3cret" not in target.read_bytes(), path
 
 
-def test_coral_without_a_pin_is_refused_before_anything_happens(
+def test_coral_without_any_identity_is_refused_before_anything_happens(
     tmp_path: Path, inputs: dict[str, Path]
 ) -> None:
+    repo = repo_with_coral_identity(tmp_path, None)
     root = tmp_path / "unit"
-    proc = provision(root, *unit_args(inputs), "--with-coral")
+    proc = provision(root, *unit_args(inputs), "--with-coral", repo=repo)
     assert proc.returncode != 0
     assert "pins no sha256" in proc.stderr
     assert "--coral-sha256" in proc.stderr
     assert list(root.iterdir()) == []
 
 
-def test_coral_with_a_pin_and_a_local_copy(tmp_path: Path, inputs: dict[str, Path]) -> None:
+def test_coral_download_is_planned_against_the_manifest_blob_id(
+    tmp_path: Path, inputs: dict[str, Path]
+) -> None:
+    """No --coral-sha256 is needed: the shipped manifest's git blob id is the identity."""
+    root = tmp_path / "unit"
+    proc = provision(root, *unit_args(inputs), "--with-coral")
+    assert proc.returncode == 0, proc.stderr
+    assert "git blob 026972bf762815ba56f8403b2c9e7ab0bc77f547" in proc.stderr
+    actions = (root / "var/lib/facegate-provision/actions.txt").read_text()
+    assert ("-m device.ops.provision install-model coral-ssd-face "
+            "--dest /var/lib/facegate/models") in actions
+    assert "libedgetpu1-std" in actions
+    # A live run refuses an Edge TPU runtime and interpreter that are not a known pair.
+    assert "-m device.ops.provision check-edgetpu-pair" in actions
+
+
+def test_a_coral_file_that_does_not_match_the_git_blob_is_refused(
+    tmp_path: Path, inputs: dict[str, Path]
+) -> None:
     model = tmp_path / "coral.tflite"
     model.write_bytes(b"not really a model, but these exact bytes" * 100)
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
     root = tmp_path / "unit"
-    wrong = provision(root, *unit_args(inputs), "--with-coral", "--coral-sha256", "0" * 64,
-                      "--coral-model-file", str(model))
+    # Its own sha256 given as --coral-sha256 does not let it in: the blob id is checked too.
+    for extra in ([], ["--coral-sha256", digest]):
+        proc = provision(root, *unit_args(inputs), "--with-coral", *extra,
+                         "--coral-model-file", str(model))
+        assert proc.returncode != 0
+        assert (f"{model} (4100 bytes) has git blob id "
+                f"{model_manifest.git_blob_id(model)}, but the manifest records "
+                "026972bf762815ba56f8403b2c9e7ab0bc77f547 for it (google-coral/test_data at "
+                "commit 104342d2d3480b3e66203073dac24f4e2dbb4c41); refusing it") in proc.stderr
+        assert list(root.iterdir()) == []
+
+
+def test_coral_with_a_matching_local_copy(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    model = tmp_path / "coral.tflite"
+    model.write_bytes(b"not really a model, but these exact bytes" * 100)
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    repo = repo_with_coral_identity(tmp_path, model_manifest.git_blob_id(model))
+    root = tmp_path / "unit"
+    # One byte changed: refused before anything is written.
+    changed = tmp_path / "changed.tflite"
+    data = bytearray(model.read_bytes())
+    data[2000] ^= 0x20
+    changed.write_bytes(bytes(data))
+    wrong = provision(root, *unit_args(inputs), "--with-coral", "--coral-model-file",
+                      str(changed), repo=repo)
     assert wrong.returncode != 0
-    assert f"has sha256 {digest}, expected {'0' * 64}" in wrong.stderr
+    assert f"{changed} (4100 bytes) has git blob id" in wrong.stderr
     assert list(root.iterdir()) == []
-    args = [*unit_args(inputs), "--with-coral", "--coral-sha256", digest,
-            "--coral-model-file", str(model), "--coral-device", "usb"]
-    good = provision(root, *args)
+    # A disagreeing --coral-sha256 is refused even though the blob id matches.
+    other = provision(root, *unit_args(inputs), "--with-coral", "--coral-sha256", "0" * 64,
+                      "--coral-model-file", str(model), repo=repo)
+    assert other.returncode != 0
+    assert f"has sha256 {digest}, expected {'0' * 64}" in other.stderr
+    assert list(root.iterdir()) == []
+    args = [*unit_args(inputs), "--with-coral", "--coral-model-file", str(model),
+            "--coral-device", "usb"]
+    good = provision(root, *args, repo=repo)
     assert good.returncode == 0, good.stderr
     models = root / "var/lib/facegate/models"
     name = "ssd_mobilenet_v2_face_quant_postprocess_edgetpu.tflite"
     assert (models / name).read_bytes() == model.read_bytes()
+    # The sha256 recorded as the installer pin is the verified file's.
     assert (models / f"{name}.sha256").read_text() == f"{digest}  {name}\n"
     config, _ = load_config(root / "etc/facegate/config.toml")
     assert config.detector.type == "coral-ssd"
@@ -173,8 +242,23 @@ def test_coral_with_a_pin_and_a_local_copy(tmp_path: Path, inputs: dict[str, Pat
     actions = (root / "var/lib/facegate-provision/actions.txt").read_text()
     assert "libedgetpu1-std" in actions
     tree = snapshot(root)
-    assert provision(root, *args).returncode == 0
+    assert provision(root, *args, repo=repo).returncode == 0
     assert snapshot(root) == tree
+
+
+@pytest.mark.skipif(not os.environ.get("FACEGATE_CORAL_FILE"),
+                    reason="set FACEGATE_CORAL_FILE to a copy of Coral's Edge TPU face model")
+def test_the_real_coral_file_is_taken_by_the_shipped_manifest(
+    tmp_path: Path, inputs: dict[str, Path]
+) -> None:
+    model = Path(os.environ["FACEGATE_CORAL_FILE"])
+    root = tmp_path / "unit"
+    proc = provision(root, *unit_args(inputs), "--with-coral", "--coral-model-file", str(model))
+    assert proc.returncode == 0, proc.stderr
+    name = "ssd_mobilenet_v2_face_quant_postprocess_edgetpu.tflite"
+    installed = root / "var/lib/facegate/models" / name
+    assert model_manifest.git_blob_id(installed) == "026972bf762815ba56f8403b2c9e7ab0bc77f547"
+    assert model_manifest.verified_path("coral-ssd-face", cache_dir=installed.parent) == installed
 
 
 def test_a_hand_edited_config_is_kept_unless_forced(

