@@ -399,7 +399,7 @@ def install_trusted_keys(source: Path, dest: Path) -> list[tuple[str, str]]:
 def install_model(model_id: str, identity: ModelIdentity, dest_dir: Path, *,
                   source_file: Path | None = None,
                   manifest: Mapping[str, model_manifest.ModelSpec] | None = None) -> Path:
-    """Put a ``url`` (or ``compiled``) model into the model cache, verified against its trusted identity.
+    """Put a ``url`` or ``compiled`` model into the model cache, verified by its identity.
 
     Copies ``source_file`` when given (offline installs), else downloads the manifest's
     URL. The file appears only after it matched every identity in ``identity`` (git blob

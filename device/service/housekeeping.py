@@ -114,7 +114,6 @@ class Housekeeping:
         self._next_head = 0.0
         self._next_purge = clock() + purge_interval_s
         self._health_log = _Once(f"health file {health_path} not written")
-        self._gallery_log = _Once("changed gallery not loaded (the old one stays)")
         self._head_log = _Once("audit head not published")
 
     # ---- lifecycle -----------------------------------------------------------------
@@ -168,10 +167,7 @@ class Housekeeping:
         self._next_purge = self._clock() + self.purge_interval_s
         report = self.retention.run()
         if report.purged:
-            try:
-                self.reload_gallery()
-            except DeviceError as exc:
-                self._gallery_log.failed(exc, logging.ERROR)
+            self.reload_gallery()  # the watcher logs a failure once per condition
         return report
 
     def write_health(self) -> None:
@@ -204,12 +200,7 @@ class Housekeeping:
         if self.retention is not None and self._clock() >= self._next_purge:
             self.run_retention()
         self.write_health()
-        try:
-            self.reload_gallery()
-        except DeviceError as exc:
-            self._gallery_log.failed(exc, logging.ERROR)
-        else:
-            self._gallery_log.ok()
+        self.reload_gallery()  # the watcher logs a failure once per condition
         self.publish_audit_head(only_if_moved=self._clock() < self._next_head)
 
     def _run(self) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from device.errors import ModelError
+from device.ops.model_trust import ModelIdentity
 from device.ops.provision import install_model
 from device.vision import models as model_manifest
 
@@ -43,7 +44,8 @@ def test_a_pinned_compiled_model_passes_and_one_changed_byte_is_refused(tmp_path
     compiled.write_bytes(data)
     pin = hashlib.sha256(data).hexdigest()
     cache = tmp_path / "cache"
-    installed = install_model(COMPILED, pin, cache, source_file=compiled)
+    installed = install_model(COMPILED, ModelIdentity(COMPILED, pin), cache,
+                              source_file=compiled)
     assert (cache / (spec.path + ".sha256")).read_text() == f"{pin}  {spec.path}\n"
     assert model_manifest.verified_path(COMPILED, cache_dir=cache) == installed
     changed = bytearray(data)
@@ -55,9 +57,10 @@ def test_a_pinned_compiled_model_passes_and_one_changed_byte_is_refused(tmp_path
 
 def test_install_needs_the_compiled_file_and_its_hash(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="--file"):
-        install_model(COMPILED, "0" * 64, tmp_path)
+        install_model(COMPILED, ModelIdentity(COMPILED, "0" * 64), tmp_path)
     other = tmp_path / "x.tflite"
     other.write_bytes(b"not what was compiled")
     with pytest.raises(ModelError, match="refusing it"):
-        install_model(COMPILED, "0" * 64, tmp_path / "cache", source_file=other)
+        install_model(COMPILED, ModelIdentity(COMPILED, "0" * 64), tmp_path / "cache",
+                      source_file=other)
     assert not (tmp_path / "cache" / model_manifest.get_spec(COMPILED).path).exists()

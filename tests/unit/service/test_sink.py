@@ -196,8 +196,9 @@ def test_every_step_of_a_match_passes_a_named_checkpoint(parts: Any) -> None:
                      len(outbox.pending())))
 
     sink = DecisionSink(UNIT, FakePublisher(outbox), audit, journal,
-                        threshold=Threshold(0.93, 1e-4, "config"), model_id="dlib-resnet-v1",
-                        latency=LatencyStats(), checkpoint=checkpoint)
+                        threshold=Threshold(0.93, 1e-4, "config", "dlib-resnet-v1"),
+                        model_id="dlib-resnet-v1", latency=LatencyStats(),
+                        checkpoint=checkpoint)
     sink.match(_match())
     assert seen == [("sink.journal", 0, 0, 0), ("sink.audit", 1, 0, 0),
                     ("sink.outbox", 1, 1, 0), ("sink.unjournal", 1, 1, 1)]
