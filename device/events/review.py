@@ -64,7 +64,7 @@ class RefusalReason(StrEnum):
     """Issued longer ago than the unit accepts, or in the future beyond the clock skew."""
 
 
-class ReviewRefused(DeviceError):
+class ReviewRefusedError(DeviceError):
     """A verdict was refused.
 
     Attributes:
@@ -140,7 +140,7 @@ class ReviewVerdict:
         """Check the signature against the unit's review keys.
 
         Raises:
-            ReviewRefused: ``untrusted_key`` when the reviewer is not trusted;
+            ReviewRefusedError: ``untrusted_key`` when the reviewer is not trusted;
                 ``bad_signature`` when the signature does not verify.
         """
         public = trusted.get(self.reviewer)
@@ -157,8 +157,8 @@ class ReviewVerdict:
         """``issued_at`` as an aware datetime (validated by :func:`parse_verdict`)."""
         return parse_utc(self.issued_at)
 
-    def _refused(self, reason: RefusalReason, message: str) -> ReviewRefused:
-        return ReviewRefused(reason, message, event_id=self.event_id, reviewer=self.reviewer,
+    def _refused(self, reason: RefusalReason, message: str) -> ReviewRefusedError:
+        return ReviewRefusedError(reason, message, event_id=self.event_id, reviewer=self.reviewer,
                              nonce=self.nonce)
 
 
@@ -215,19 +215,19 @@ def parse_verdict(data: bytes) -> ReviewVerdict:
     :meth:`ReviewVerdict.verify`).
 
     Raises:
-        ReviewRefused: ``malformed``, with whatever ids could be read.
+        ReviewRefusedError: ``malformed``, with whatever ids could be read.
     """
     if len(data) > MAX_VERDICT_BYTES:
-        raise ReviewRefused(RefusalReason.MALFORMED,
+        raise ReviewRefusedError(RefusalReason.MALFORMED,
                             f"{len(data)} bytes; a verdict is at most {MAX_VERDICT_BYTES}")
     try:
         obj = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates,
                          parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ReviewRefused(RefusalReason.MALFORMED, f"not UTF-8 JSON: {exc}"[:300]) from None
+        raise ReviewRefusedError(RefusalReason.MALFORMED, f"not UTF-8 JSON: {exc}"[:300]) from None
     ids = _salvage(obj)
     if not isinstance(obj, dict):
-        raise ReviewRefused(RefusalReason.MALFORMED, "a verdict is a JSON object", **ids)
+        raise ReviewRefusedError(RefusalReason.MALFORMED, "a verdict is a JSON object", **ids)
     try:
         validate(REVIEW_SCHEMA, obj)
         issued = parse_utc(obj["issued_at"])
@@ -235,9 +235,9 @@ def parse_verdict(data: bytes) -> ReviewVerdict:
         if str(uuid.UUID(obj["event_id"])) != obj["event_id"]:
             raise ValueError("event_id is not a canonical UUID")
     except (PublishError, ValueError) as exc:
-        raise ReviewRefused(RefusalReason.MALFORMED, str(exc)[:300], **ids) from None
+        raise ReviewRefusedError(RefusalReason.MALFORMED, str(exc)[:300], **ids) from None
     if format_utc(issued, digits=3) != obj["issued_at"]:
-        raise ReviewRefused(RefusalReason.MALFORMED, "issued_at is not a valid time", **ids)
+        raise ReviewRefusedError(RefusalReason.MALFORMED, "issued_at is not a valid time", **ids)
     return ReviewVerdict(unit=obj["unit"], event_id=obj["event_id"], verdict=obj["verdict"],
                          reviewer=obj["reviewer"], issued_at=obj["issued_at"],
                          nonce=obj["nonce"], signature=signature)
@@ -309,5 +309,5 @@ def parse_ack(payload: Mapping[str, Any]) -> ReviewAck:
 
 
 __all__ = ["MAX_VERDICT_BYTES", "REVIEW_ACK_SCHEMA", "REVIEW_SCHEMA", "VERDICTS",
-           "RefusalReason", "ReviewAck", "ReviewRefused", "ReviewVerdict", "Verdict",
+           "RefusalReason", "ReviewAck", "ReviewRefusedError", "ReviewVerdict", "Verdict",
            "parse_ack", "parse_verdict", "sign_verdict"]
