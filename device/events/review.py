@@ -234,7 +234,11 @@ def parse_verdict(data: bytes) -> ReviewVerdict:
         signature = base64.b64decode(obj["signature"], validate=True)
         if str(uuid.UUID(obj["event_id"])) != obj["event_id"]:
             raise ValueError("event_id is not a canonical UUID")
-    except (PublishError, ValueError) as exc:
+    except PublishError as exc:
+        # Only where it failed: the message may quote the offending value.
+        where = str(exc).split(": ", 1)[0]
+        raise ReviewRefusedError(RefusalReason.MALFORMED, where, **ids) from None
+    except ValueError as exc:
         raise ReviewRefusedError(RefusalReason.MALFORMED, str(exc)[:300], **ids) from None
     if format_utc(issued, digits=3) != obj["issued_at"]:
         raise ReviewRefusedError(RefusalReason.MALFORMED, "issued_at is not a valid time", **ids)
