@@ -36,6 +36,8 @@ Credentials (installed as systemd credentials, root-only, never in config.toml):
   --tls-cert F              client certificate (PEM) for mutual TLS
   --ca-file F               CA bundle of the broker's certificate (default: system CAs)
   --trusted-keys DIR        public keys (*.pub) that may sign gallery bundles
+  --review-keys DIR         reviewers' public keys (*.pub) whose signed verdicts the
+                            unit records (a separate set from the gallery signers)
 Software:
   --source DIR              install facegate from this source tree (default: this repo)
   --wheel FILE              install facegate from a wheel instead
@@ -64,7 +66,7 @@ say() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 
 # ------------------------------------------------------------------ options
 ROOT="" UNIT_ID="" BROKER="" DETECTOR="" CORAL_DEVICE=""
-MQTT_USER="" MQTT_PASSWORD_FILE="" TLS_KEY="" TLS_CERT="" CA_FILE="" TRUSTED_KEYS=""
+MQTT_USER="" MQTT_PASSWORD_FILE="" TLS_KEY="" TLS_CERT="" CA_FILE="" TRUSTED_KEYS="" REVIEW_KEYS=""
 SOURCE="" WHEEL="" WITH_CORAL=0 CORAL_SHA256="" CORAL_MODEL_FILE="" HELPER_PY=""
 FORCE_CONFIG=0 HW_WATCHDOG=1 START=1 SERVICES=1
 CAMERAS=()
@@ -84,6 +86,7 @@ while [[ $# -gt 0 ]]; do
     --tls-cert) need_arg "$@"; TLS_CERT=$2; shift 2 ;;
     --ca-file) need_arg "$@"; CA_FILE=$2; shift 2 ;;
     --trusted-keys) need_arg "$@"; TRUSTED_KEYS=$2; shift 2 ;;
+    --review-keys) need_arg "$@"; REVIEW_KEYS=$2; shift 2 ;;
     --source) need_arg "$@"; SOURCE=$2; shift 2 ;;
     --wheel) need_arg "$@"; WHEEL=$2; shift 2 ;;
     --with-coral) WITH_CORAL=1; shift ;;
@@ -115,7 +118,7 @@ fi
 for f in "$MQTT_PASSWORD_FILE" "$TLS_KEY" "$TLS_CERT" "$CA_FILE" "$WHEEL" "$CORAL_MODEL_FILE"; do
   [[ -z "$f" || -f "$f" ]] || die "no such file: $f"
 done
-for d in "$TRUSTED_KEYS" "$SOURCE"; do
+for d in "$TRUSTED_KEYS" "$REVIEW_KEYS" "$SOURCE"; do
   [[ -z "$d" || -d "$d" ]] || die "no such directory: $d"
 done
 [[ -z "$MQTT_PASSWORD_FILE" || -n "$MQTT_USER" ]] || die "--mqtt-password-file needs --mqtt-username"
@@ -221,7 +224,8 @@ trap 'rm -rf "$WORK"' EXIT
 # venv left by an interrupted first run does not count).
 venv_ready() { [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c 'import device' 2>/dev/null; }
 if ! ((LIVE)) || venv_ready; then
-  provision_py "${RENDER[@]}" --trusted-keys --out "$WORK/config.toml" >/dev/null ||
+  provision_py "${RENDER[@]}" --trusted-keys --review-keys --out "$WORK/config.toml" \
+      >/dev/null ||
     die "the options above do not make a valid config; nothing was changed"
 fi
 # Refuse a Coral model without a trusted identity, or a local copy that does not match
@@ -371,9 +375,19 @@ fi
 own root:root "$CREDS/trusted-keys"
 HAVE_KEYS=0
 [[ -z "$(ls -A "$(at "$CREDS/trusted-keys")")" ]] || HAVE_KEYS=1
+# Reviewers' keys: a credential of their own (a reviewer must not sign galleries).
+if [[ -n "$REVIEW_KEYS" ]]; then
+  provision_py install-keys "$REVIEW_KEYS" "$(at "$CREDS/review-keys")" >&2
+else
+  ensure_dir "$CREDS/review-keys" 0700
+fi
+own root:root "$CREDS/review-keys"
+HAVE_REVIEW_KEYS=0
+[[ -z "$(ls -A "$(at "$CREDS/review-keys")")" ]] || HAVE_REVIEW_KEYS=1
 
 # ------------------------------------------------------------------ 6. config
 ((HAVE_KEYS == 0)) || RENDER+=(--trusted-keys)
+((HAVE_REVIEW_KEYS == 0)) || RENDER+=(--review-keys)
 ((FORCE_CONFIG == 0)) || RENDER+=(--force)
 outcome=$(provision_py "${RENDER[@]}" --out "$(at "$ETC/config.toml")")
 say "config: ${outcome/"$ROOT"/}"

@@ -43,12 +43,18 @@ def build_chain(path: Path, clock: StepClock | None = None) -> list[str]:
             log.record_enroll("alice", gallery_version=1, samples=5, actor="sync"),
             log.record_enroll("bob", gallery_version=1, samples=4, actor="sync"),
         ]
-        for i in range(8):
+        for i in range(6):
             recs.append(log.record_match(
                 f"evt-{i:04d}", "alice" if i % 2 else "bob", 0.61 + i / 100, 0.6, 1,
                 "Eingang-Süd" if i % 3 else "front",
             ))
         recs += [
+            log.record_review("evt-0001", verdict="not_this_person", reviewer="12" * 32,
+                              nonce="0b7e8c8e-3c39-4f4e-9a53-3b9b1f2f7a10",
+                              issued_at="2025-03-01T08:30:00.000Z"),
+            log.record_review_refused(reason="replayed", message="already recorded",
+                                      event_id="evt-0001", reviewer="12" * 32,
+                                      nonce="0b7e8c8e-3c39-4f4e-9a53-3b9b1f2f7a10"),
             log.record_sync_refused(to_version=0, bundle_sha256="ef" * 32,
                                     reason="version older than installed"),
             log.record_delete("bob", gallery_version=2, reason="subject request",

@@ -101,6 +101,19 @@ _SCHEMA: Final = (
     END""",
 )
 
+#: A payload field as an index expression; NULL for a payload that is not JSON (a
+#: damaged record must stay readable, so verification can name it).
+_FIELD_SQL: Final = "(CASE WHEN json_valid(payload) THEN json_extract(payload, '$.{}') END)"
+_EVENT_SQL: Final = _FIELD_SQL.format("event_id")
+_NONCE_SQL: Final = _FIELD_SQL.format("nonce")
+
+#: Indexes of the facts looked up by id: a match decision or review by its event id,
+#: a review by its nonce. Indexes are not part of the chain; verification ignores them.
+_LOOKUP_INDEXES: Final = (
+    f"CREATE INDEX records_event ON records (kind, {_EVENT_SQL})",
+    f"CREATE INDEX records_nonce ON records ({_NONCE_SQL}) WHERE kind = 'review'",
+)
+
 Clock = Callable[[], datetime]
 
 
@@ -444,7 +457,12 @@ class AuditLog:
             )
             created.append(log_id)
 
-        migrations = (storage.Migration(1, "create meta and records", create),)
+        def index(db: Database) -> None:
+            for statement in _LOOKUP_INDEXES:
+                db.execute(statement)
+
+        migrations = (storage.Migration(1, "create meta and records", create),
+                      storage.Migration(2, "index event ids and review nonces", index))
         try:
             storage.migrate(conn, migrations, what=f"audit log {self.path}")
         except storage.MigrationError as exc:
@@ -729,7 +747,67 @@ class AuditLog:
             actor=actor,
         )
 
+    def record_review(
+        self, event_id: str, *, verdict: str, reviewer: str, nonce: str, issued_at: str,
+        actor: str = "review",
+    ) -> AuditRecord:
+        """A reviewer's signed verdict on a match event was verified and accepted.
+
+        The record names the event, the verdict and the reviewer's key id; never the
+        identity's label or the reviewer's note.
+        """
+        return self.append(
+            AuditKind.REVIEW,
+            {"event_id": event_id, "verdict": verdict, "reviewer": reviewer, "nonce": nonce,
+             "issued_at": issued_at},
+            actor=actor,
+        )
+
+    def record_review_refused(
+        self, *, reason: str, message: str, event_id: str | None, reviewer: str | None,
+        nonce: str | None, actor: str = "review",
+    ) -> AuditRecord:
+        """A review verdict was refused (``reason`` is its code; ids when readable)."""
+        return self.append(
+            AuditKind.REVIEW_REFUSED,
+            {"reason": reason, "message": clip(message), "event_id": event_id,
+             "reviewer": reviewer, "nonce": nonce},
+            actor=actor,
+        )
+
     # --- reading -----------------------------------------------------------------------
+
+    def find_by_event(self, kind: AuditKind, event_id: str) -> list[AuditRecord]:
+        """The records of ``kind`` about ``event_id``, oldest first (an index lookup).
+
+        Raises:
+            AuditError: The log is closed or cannot be read.
+        """
+        return self._select(
+            f"SELECT {_COLUMNS} FROM records WHERE kind = ? AND {_EVENT_SQL} = ? ORDER BY seq",
+            (AuditKind(kind).value, event_id),
+        )
+
+    def find_review_nonce(self, nonce: str) -> list[AuditRecord]:
+        """The ``review`` records carrying ``nonce`` (an index lookup).
+
+        Raises:
+            AuditError: The log is closed or cannot be read.
+        """
+        return self._select(
+            f"SELECT {_COLUMNS} FROM records WHERE kind = 'review' AND {_NONCE_SQL} = ? "
+            "ORDER BY seq",
+            (nonce,),
+        )
+
+    def _select(self, sql: str, params: tuple[object, ...]) -> list[AuditRecord]:
+        with self._lock:
+            conn = self._require()
+            try:
+                return [AuditRecord(*row) for row in conn.execute(sql, params)]
+            except sqlite3.Error as exc:
+                raise AuditError(f"cannot read audit log {self.path}: "
+                                 f"{storage.describe_error(self.path, exc)}") from exc
 
     def head(self) -> AuditHead:
         """The newest record.

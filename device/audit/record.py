@@ -57,6 +57,8 @@ class AuditKind(StrEnum):
     MATCH_DECISION = "match_decision"
     RETENTION_PURGE = "retention_purge"
     RETENTION_REFUSED = "retention_refused"
+    REVIEW = "review"
+    REVIEW_REFUSED = "review_refused"
 
 
 @dataclass(frozen=True)

@@ -248,11 +248,25 @@ class BrokerClient(mqtt.Client):
         super().connect_async(host, port, keepalive, bind_address, bind_port, clean_start,
                               properties)
 
-    def start(self, keepalive: int, *, clean_start: Any = mqtt.MQTT_CLEAN_START_FIRST_ONLY
-              ) -> None:
-        """Connect in the background (retrying with backoff) and run the network loop."""
+    def start(self, keepalive: int, *, clean_start: Any = mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+              session_expiry_s: int = 0) -> None:
+        """Connect in the background (retrying with backoff) and run the network loop.
+
+        Args:
+            keepalive: MQTT keepalive, seconds.
+            clean_start: paho's clean start flag (first connection only by default).
+            session_expiry_s: MQTT 5 Session Expiry Interval. Above 0 the session is
+                persistent: every connection, the first included, resumes it
+                (clean start off), and the broker keeps the subscriptions and queues
+                QoS 1 messages for them while the client is away, up to this long.
+        """
+        properties = None
+        if session_expiry_s > 0:
+            clean_start = False
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = session_expiry_s
         self.connect_async(self.address.host, self.address.port, keepalive,
-                           clean_start=clean_start)
+                           clean_start=clean_start, properties=properties)
         self.loop_start()
 
     def stop(self) -> None:

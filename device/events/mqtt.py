@@ -42,7 +42,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device.errors import PublishError
-from device.events.client import CREDENTIAL_REASONS, BrokerClient, Will, client_for
+from device.events.client import (
+    CREDENTIAL_REASONS,
+    BrokerClient,
+    MessageCallback,
+    Will,
+    client_for,
+)
 from device.events.config import MqttConfig
 from device.events.homeassistant import Discovery, parse_birth
 from device.events.outbox import Outbox, OutboxStats
@@ -187,6 +193,9 @@ class Publisher:
             caller keeps ownership.
         env: Environment for ``$CREDENTIALS_DIRECTORY`` lookups (default os.environ).
         sw_version: Software version reported to Home Assistant.
+        session_expiry_s: MQTT 5 session expiry; above 0 the session is persistent, so
+            messages on :meth:`subscribe` topics published while the unit was away are
+            delivered when it returns (see :meth:`BrokerClient.start`).
 
     Raises:
         PublishError: A camera id is not a valid topic level or the outbox cannot be
@@ -202,6 +211,7 @@ class Publisher:
         outbox: Outbox | None = None,
         env: Mapping[str, str] | None = None,
         sw_version: str = "",
+        session_expiry_s: int = 0,
     ) -> None:
         bad = [c for c in cameras if not is_valid_id(c)]
         if bad:
@@ -218,6 +228,8 @@ class Publisher:
             if config.home_assistant.enabled
             else None
         )
+        self._session_expiry_s = session_expiry_s
+        self._subscriptions: list[tuple[str, MessageCallback, int]] = []
         self._client: BrokerClient | None = None
         self._sender: threading.Thread | None = None
         self._cond = threading.Condition()
@@ -275,7 +287,7 @@ class Publisher:
             self._address.port,
             self._outbox.path,
         )
-        client.start(self.config.keepalive)
+        client.start(self.config.keepalive, session_expiry_s=self._session_expiry_s)
         self._sender = threading.Thread(target=self._run_sender, name="mqtt-sender", daemon=True)
         self._sender.start()
 
@@ -291,7 +303,24 @@ class Publisher:
         client.on_publish = self._on_publish
         if self._discovery is not None:
             client.route(self._discovery.birth_topic, self._on_birth)
+        for topic_filter, callback, _ in self._subscriptions:
+            client.route(topic_filter, callback)
         return client
+
+    def subscribe(self, topic_filter: str, callback: MessageCallback, *, qos: int = 1) -> None:
+        """Before :meth:`start`: hand messages on ``topic_filter`` to ``callback`` and
+        subscribe to it on every connection.
+
+        ``callback`` runs on paho's network thread: it must return quickly and never
+        raise (hand the message to a worker).
+
+        Raises:
+            PublishError: The publisher was started already.
+        """
+        with self._cond:
+            if self._client is not None or self._closed:
+                raise PublishError("subscribe() must be called before the publisher starts")
+            self._subscriptions.append((topic_filter, callback, qos))
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush what can be flushed within ``timeout``, say ``offline``, disconnect.
@@ -559,6 +588,8 @@ class Publisher:
         self._publish_raw(self.topics.status, ONLINE.encode(), retain=True)
         for topic, data in retained:
             self._publish_raw(topic, data, retain=True)
+        for topic_filter, _, qos in self._subscriptions:
+            client.subscribe(topic_filter, qos=qos)
         if self._discovery is not None:
             client.subscribe(self._discovery.birth_topic, qos=1)
             self._publish_discovery()

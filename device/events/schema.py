@@ -35,12 +35,16 @@ MATCH_SCHEMA: Final = "facegate/match/1"
 HEALTH_SCHEMA: Final = "facegate/health/1"
 GALLERY_STATE_SCHEMA: Final = "facegate/gallery_state/1"
 TRACK_END_SCHEMA: Final = "facegate/track_end/1"
+REVIEW_SCHEMA: Final = "facegate/review/1"
+REVIEW_ACK_SCHEMA: Final = "facegate/review-ack/1"
 
 SCHEMA_FILES: Final[Mapping[str, str]] = {
     MATCH_SCHEMA: "match.v1.json",
     HEALTH_SCHEMA: "health.v1.json",
     GALLERY_STATE_SCHEMA: "gallery_state.v1.json",
     TRACK_END_SCHEMA: "track_end.v1.json",
+    REVIEW_SCHEMA: "review.v1.json",
+    REVIEW_ACK_SCHEMA: "review_ack.v1.json",
 }
 
 _ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")

@@ -8,7 +8,8 @@ Per unit (``facegate/<unit>/...``)::
     health                        retained health
     gallery/state                 retained gallery state (and the last refused bundle)
     audit/head                    retained audit head
-    review                        reserved: review requests of a console
+    review                        signed review verdicts of a console (subscribed, QoS 1)
+    review/ack                    retained acknowledgement of the latest verdict
     gallery/manifest              per-unit gallery manifest override (subscribed)
     gallery/v<N>/chunk/<i>        its payload chunks (subscribed)
 
@@ -24,7 +25,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from device.errors import ConfigError, PublishError
-from device.events.schema import GALLERY_STATE_SCHEMA, HEALTH_SCHEMA, is_valid_id
+from device.events.schema import (
+    GALLERY_STATE_SCHEMA,
+    HEALTH_SCHEMA,
+    REVIEW_ACK_SCHEMA,
+    is_valid_id,
+)
 
 ROOT: Final = "facegate"
 #: The topic level that addresses every unit (gallery bundles for the fleet).
@@ -36,6 +42,7 @@ STATE_TOPICS: Final[dict[str, str | None]] = {
     "health": HEALTH_SCHEMA,
     "gallery/state": GALLERY_STATE_SCHEMA,
     "audit/head": None,
+    "review/ack": REVIEW_ACK_SCHEMA,
 }
 
 ONLINE: Final = "online"
@@ -88,8 +95,13 @@ class Topics:
 
     @property
     def review(self) -> str:
-        """Reserved for a console's review requests to the unit."""
+        """A console's signed review verdicts to the unit (QoS 1, not retained)."""
         return f"{self.base}/review"
+
+    @property
+    def review_ack(self) -> str:
+        """The unit's retained acknowledgement of the latest verdict."""
+        return f"{self.base}/review/ack"
 
     def match(self, camera: str) -> str:
         """``facegate/<unit>/<camera>/match``.

@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 PASSWORD_CREDENTIAL = "mqtt-password"
 TLS_KEY_CREDENTIAL = "tls-key.pem"
 TRUSTED_KEYS_CREDENTIAL = "trusted-keys"
+REVIEW_KEYS_CREDENTIAL = "review-keys"
 
 #: Where a provisioned unit keeps things (the unit file says the same).
 UNIT_STATE_DIR = Path("/var/lib/facegate")
@@ -162,6 +163,7 @@ class UnitSettings:
         tls_cert: Client certificate (public) for mutual TLS.
         ca_file: CA bundle of the broker's certificate; system CAs when unset.
         trusted_keys: Whether gallery signing keys are provisioned.
+        review_keys: Whether reviewers' keys are provisioned (a ``[review]`` table).
         detector: Detector backend ``type`` (``blazeface`` or ``coral-ssd``).
         edgetpu_device: Edge TPU selector for Edge TPU backends (``usb``, ``pci``…).
         state_dir: The unit's state directory.
@@ -177,6 +179,7 @@ class UnitSettings:
     tls_cert: Path | None = None
     ca_file: Path | None = None
     trusted_keys: bool = False
+    review_keys: bool = False
     detector: str = "blazeface"
     edgetpu_device: str | None = None
     state_dir: Path = UNIT_STATE_DIR
@@ -217,6 +220,10 @@ class UnitSettings:
         if "sync" in config_fields and self.trusted_keys:
             # Without trusted keys the section stays out: no over-the-air galleries.
             sync = toml_table("[sync]", {"trusted_keys": TRUSTED_KEYS_CREDENTIAL})
+        review = ""
+        if "review" in config_fields and self.review_keys:
+            # Without reviewers' keys the unit does not subscribe to verdicts.
+            review = toml_table("[review]", {"trusted_keys": REVIEW_KEYS_CREDENTIAL})
         cameras = "\n\n".join(toml_table("[[cameras]]", c.table) for c in self.cameras)
         return {
             "unit_id": toml_value(self.unit_id),
@@ -227,6 +234,7 @@ class UnitSettings:
             "detector": toml_table("[detector]", detector),
             "cameras": "\n" + cameras,
             "sync": sync,
+            "review": review,
         }
 
 
@@ -372,7 +380,7 @@ def install_trusted_keys(source: Path, dest: Path) -> list[tuple[str, str]]:
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$", path.name):
             raise ConfigError(
                 f"trusted keys: rename {path.name!r} (letters, digits, '.', '_', '-' only: "
-                "systemd passes it as credential trusted-keys_<name>)"
+                f"systemd passes it as credential {dest.name}_<name>)"
             )
         try:
             public = load_public_key(path)
@@ -583,6 +591,7 @@ def _cmd_render_config(args: argparse.Namespace) -> None:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         ca_file=Path(args.ca_file) if args.ca_file else None,
         trusted_keys=args.trusted_keys,
+        review_keys=args.review_keys,
         detector=args.detector,
         edgetpu_device=args.edgetpu_device or None,
         state_dir=Path(args.state_dir),
@@ -637,6 +646,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert")
     p.add_argument("--ca-file")
     p.add_argument("--trusted-keys", action="store_true", help="signing keys are provisioned")
+    p.add_argument("--review-keys", action="store_true", help="reviewers' keys are provisioned")
     p.add_argument("--detector", default="blazeface")
     p.add_argument("--edgetpu-device")
     p.add_argument("--state-dir", default=str(UNIT_STATE_DIR))

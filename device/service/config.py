@@ -21,6 +21,7 @@ its own section next to its code; :class:`FacegateConfig` composes them::
     [audit]                                 # device.audit: AuditConfig
     [retention]                             # device.service.retention: RetentionConfig
     [sync]                                  # device.sync: over-the-air galleries
+    [review]                                # device.service.review: ReviewConfig
 
 Secrets are never in this file: ``mqtt.password_file`` and ``mqtt.key_file`` name
 files, or credentials in ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``).
@@ -47,6 +48,7 @@ from device.gallery.records import GalleryConfig
 from device.paths import default_state_dir
 from device.service.decision import DecisionConfig
 from device.service.retention import RetentionConfig
+from device.service.review import ReviewConfig
 from device.service.thresholds import (
     ALLOW_UNSAFE_IN_CONFIG,
     DEFAULT_TARGET_FMR,
@@ -275,6 +277,11 @@ class FacegateConfig(Section):
         description="Over-the-air gallery updates (signed bundles over MQTT); absent: the "
         "gallery changes only by local enrolment.",
     )
+    review: ReviewConfig | None = Field(
+        None,
+        description="Signed review verdicts of a console, recorded in the audit log and "
+        "acknowledged; absent: the unit does not subscribe to them.",
+    )
 
     @field_validator("cameras")
     @classmethod
@@ -293,6 +300,17 @@ class FacegateConfig(Section):
                 )
             seen[camera.camera_id] = index
         return cameras
+
+    @model_validator(mode="after")
+    def _review_within_retention(self) -> FacegateConfig:
+        # A verdict older than the audit window could be replayed once its first
+        # record was pruned; the age limit must end first.
+        if self.review is not None and self.review.max_age_days >= self.audit.retention_days:
+            raise ValueError(
+                f"[review] max_age_days ({self.review.max_age_days:g}) must be shorter than "
+                f"[audit] retention_days ({self.audit.retention_days})"
+            )
+        return self
 
     @field_validator("mqtt", mode="before")
     @classmethod

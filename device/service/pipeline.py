@@ -11,6 +11,7 @@ Thread layout (all bounded)::
                                                                    capture-to-ack callback
     housekeeping: health file, gallery check, retention, audit head (its own thread)
     gallery-sync (with [sync]): verified bundle → Housekeeping.reload_gallery (index swap)
+    review (with [review]): signed verdict (publisher's client) → audit record → retained ack
 
 * One inference worker owns the detector, the embedder and every camera's tracker
   and decider, so none of them needs a lock. It takes frames with a timeout and
@@ -59,6 +60,7 @@ from device.service.health import camera_state, health_payload, read_temperature
 from device.service.housekeeping import Housekeeping
 from device.service.queue import PipelineQueue
 from device.service.retention import RetentionJob
+from device.service.review import ReviewInbox, load_inbox
 from device.service.sink import DecisionSink, PendingJournal
 from device.service.stages import STAGES, FrameProcessor, FrameResult, Match
 from device.service.stats import LatencyStats, RateMeter
@@ -159,6 +161,7 @@ class RecognitionService:
         self._publisher: Publisher | None = None
         self._sink: DecisionSink | None = None
         self._sync_agent: SyncAgent | None = None
+        self._review: ReviewInbox | None = None
         self._housekeeping: Housekeeping | None = None
         self._state_lock = StateLock(config.state_dir, SERVICE_HOLDER)
         self._gallery_status = GalleryStatus(config.gallery_path)
@@ -229,9 +232,16 @@ class RecognitionService:
             min_quality_gain=cfg.pipeline.min_quality_gain,
             embed_after_match=cfg.pipeline.embed_after_match,
         )
+        review = cfg.review if cfg.review is not None and cfg.review.enabled else None
         self._publisher = Publisher(cfg.mqtt, cameras=cfg.camera_ids,
                                     health_provider=self._health_for, env=self._env,
-                                    sw_version=__version__)
+                                    sw_version=__version__,
+                                    session_expiry_s=review.session_expiry_s if review else 0)
+        if review is not None:
+            self._review = load_inbox(cfg.unit_id, self._audit, self._publisher, review,
+                                      env=self._env)
+            self._publisher.subscribe(self._publisher.topics.review, self._review.on_message)
+            self._review.start()
         self._retention = RetentionJob(cfg.retention, cfg.audit, gallery_path=cfg.gallery_path,
                                        audit=self._audit, outbox=self._publisher.outbox)
         self._housekeeping = Housekeeping(
@@ -353,6 +363,8 @@ class RecognitionService:
             self._publisher.flush(drain)  # else the outbox keeps them for next time
         if self._housekeeping is not None:
             self._housekeeping.stop()
+        if self._review is not None:
+            self._review.close(drain)  # before the audit log records the stop
         if self._audit is not None:
             try:
                 self._audit.record_service_stop(reason)

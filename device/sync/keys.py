@@ -196,13 +196,15 @@ class TrustedKeys:
         return cls({key_id(p): p for p in publics}, "in memory")
 
     @classmethod
-    def load(cls, location: str | Path, env: Mapping[str, str] | None = None) -> TrustedKeys:
+    def load(cls, location: str | Path, env: Mapping[str, str] | None = None, *,
+             what: str = "gallery signing") -> TrustedKeys:
         """Load every public key file of a directory.
 
         ``location`` is a directory path, or a credential name: with
         ``$CREDENTIALS_DIRECTORY`` set, ``<creds>/<name>`` (a directory) or the files
         ``<creds>/<name>_*`` (systemd's naming for a directory credential) are used.
         Hidden files and ``README*`` are skipped; the same key in two files counts once.
+        ``what`` names the keys' use in the log line.
 
         Raises:
             ConfigError: No such directory, no keys in it, or a file that is not an
@@ -224,7 +226,7 @@ class TrustedKeys:
                               "public key (facegate keys generate)")
         if len(keys) > _MAX_TRUSTED:
             raise ConfigError(f"{len(keys)} trusted keys in {location}; at most {_MAX_TRUSTED}")
-        logger.info("trusting %d gallery signing key(s) from %s", len(keys), location)
+        logger.info("trusting %d %s key(s) from %s", len(keys), what, location)
         return cls(keys, str(location))
 
 

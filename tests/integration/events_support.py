@@ -216,6 +216,7 @@ def check_payload(topic: str, payload: bytes) -> None:
         GALLERY_STATE_SCHEMA,
         HEALTH_SCHEMA,
         MATCH_SCHEMA,
+        REVIEW_ACK_SCHEMA,
         validate,
     )
     from device.privacy import check_payload as privacy_guard
@@ -233,6 +234,8 @@ def check_payload(topic: str, payload: bytes) -> None:
         validate(HEALTH_SCHEMA, document)
     elif parts[0] == "facegate" and parts[-2:] == ["gallery", "state"]:
         validate(GALLERY_STATE_SCHEMA, document)
+    elif parts[0] == "facegate" and parts[-2:] == ["review", "ack"]:
+        validate(REVIEW_ACK_SCHEMA, document)
 
 
 class Collector:

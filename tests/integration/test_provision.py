@@ -72,11 +72,15 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
     keys.mkdir(parents=True)
     (keys / "ops.pub").write_bytes((secrets / "private" / "ops.pub").read_bytes())
     (keys / "README.txt").write_text("public keys of the gallery signers\n")
+    reviewers = secrets / "reviewers"
+    generate_key(secrets / "console", "alice")
+    reviewers.mkdir()
+    (reviewers / "alice.pub").write_bytes((secrets / "console" / "alice.pub").read_bytes())
     password = secrets / "mqtt-password.txt"
     password.write_text("s3cret\n")
     images = secrets / "images"
     images.mkdir()
-    return {"keys": keys, "password": password, "images": images}
+    return {"keys": keys, "password": password, "images": images, "reviewers": reviewers}
 
 
 def unit_args(inputs: dict[str, Path], broker: str = "mqtts://broker.example:8883") -> list[str]:
@@ -85,7 +89,7 @@ def unit_args(inputs: dict[str, Path], broker: str = "mqtts://broker.example:888
         "--camera", "front=picamera2", "--camera", "usb=v4l2:/dev/video2",
         "--camera", f"test=image:{inputs['images']}",
         "--mqtt-username", "door-1", "--mqtt-password-file", str(inputs["password"]),
-        "--trusted-keys", str(inputs["keys"]),
+        "--trusted-keys", str(inputs["keys"]), "--review-keys", str(inputs["reviewers"]),
     ]
 
 
@@ -116,6 +120,10 @@ def test_root_mode_is_idempotent_and_complete(tmp_path: Path, inputs: dict[str, 
         "0o600", hashlib.sha256(b"").hexdigest())
     assert files["etc/facegate/credentials/trusted-keys"][0] == "0o700"
     assert files["etc/facegate/credentials/trusted-keys/ops.pub"][0] == "0o600"
+    # Reviewers' keys: a credential of their own, apart from the gallery signers.
+    assert files["etc/facegate/credentials/review-keys"][0] == "0o700"
+    assert files["etc/facegate/credentials/review-keys/alice.pub"][0] == "0o600"
+    assert "etc/facegate/credentials/trusted-keys/alice.pub" not in files
     assert not any("README" in path for path in files if "credentials" in path)
 
     # The config: validated by the service's own loader, names the credentials.
@@ -131,6 +139,7 @@ def test_root_mode_is_idempotent_and_complete(tmp_path: Path, inputs: dict[str, 
         ("front", "picamera2"), ("usb", "v4l2"), ("test", "image")]
     assert config.detector.type == "blazeface"
     assert config.sync is not None and config.sync.trusted_keys == "trusted-keys"
+    assert config.review is not None and config.review.trusted_keys == "review-keys"
     assert (root / "etc/facegate/config.example.toml").read_bytes() == (
         REPO / "provisioning/config.example.toml").read_bytes()
 

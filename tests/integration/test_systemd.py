@@ -114,7 +114,8 @@ def test_service_matches_config_and_provisioning() -> None:
     credentials = {v.split(":", 1)[0]: v.split(":", 1)[1] for v in d["LoadCredential"]}
     # The names config.toml uses (provision renders them) are the names the unit loads.
     assert set(credentials) == {provision.PASSWORD_CREDENTIAL, provision.TLS_KEY_CREDENTIAL,
-                                provision.TRUSTED_KEYS_CREDENTIAL}
+                                provision.TRUSTED_KEYS_CREDENTIAL,
+                                provision.REVIEW_KEYS_CREDENTIAL}
     assert all(p.startswith("/etc/facegate/credentials/") for p in credentials.values())
     for key in ("DevicePolicy", "ProtectSystem", "ProtectHome", "PrivateTmp", "NoNewPrivileges",
                 "RestrictAddressFamilies", "SystemCallFilter", "WatchdogSec",

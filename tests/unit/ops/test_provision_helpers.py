@@ -95,6 +95,13 @@ def test_sync_only_with_trusted_keys() -> None:
     assert data["sync"] == {"trusted_keys": "trusted-keys"}
 
 
+def test_review_only_with_review_keys() -> None:
+    assert "review" not in tomllib.loads(provision.render_config(settings(), TEMPLATE))
+    data = tomllib.loads(provision.render_config(settings(review_keys=True), TEMPLATE))
+    assert data["review"] == {"trusted_keys": "review-keys"}
+    assert "sync" not in data  # reviewers' keys are not gallery signers
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -191,3 +191,17 @@ def test_run_check_validates_and_names_bad_keys(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["run", "--config", str(bad)])
     assert result.exit_code == 2
     assert f"bad.toml:{len(MINIMAL.splitlines()) + 3}: tracking.max_age:" in result.output
+
+
+def test_review_section_refuses_unknown_keys_and_defaults(tmp_path: Path) -> None:
+    assert load_config(_write(tmp_path, MINIMAL))[0].review is None
+    config, _ = load_config(_write(tmp_path, MINIMAL + "\n[review]\n"))
+    assert config.review is not None
+    assert (config.review.trusted_keys, config.review.max_age_days) == ("review-keys", 30.0)
+    assert config.review.session_expiry_s == 30 * 86400
+    assert "labels" in _error(tmp_path, MINIMAL + "\n[review]\nlabels = true\n")
+
+
+def test_review_age_limit_must_end_before_the_audit_window(tmp_path: Path) -> None:
+    text = MINIMAL + "\n[audit]\nretention_days = 20\n\n[review]\nmax_age_days = 30\n"
+    assert "retention_days" in _error(tmp_path, text)
