@@ -40,7 +40,7 @@ def test_an_event_is_stored_once_whatever_the_redeliveries(store_url: str) -> No
     store = open_store(store_url)
     try:
         match = match_payload()
-        topic = f"facegate/unit-1/front/match"
+        topic = "facegate/unit-1/front/match"
         assert handle(store, topic, _bytes(match)) == "stored"
         for _ in range(3):
             assert handle(store, topic, _bytes(match)) == "duplicate"
