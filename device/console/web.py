@@ -8,6 +8,7 @@ to the access log (user, client, method, path, status).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -119,10 +120,15 @@ def build_app(store: Store, settings: WebSettings, sink: VerdictSink | None) -> 
             request.session["csrf"] = token
         return str(token)
 
+    def version_token() -> str:
+        return hashlib.sha256(repr(store.version()).encode()).hexdigest()[:16]
+
     def render(request: Request, name: str, user: User | None, status: int = 200,
                **context: Any) -> HTMLResponse:
+        # The store's version as the page was rendered: /live reports any change after it,
+        # even one that happened before the page's event stream connected.
         html = env.get_template(name).render(
-            user=user, csrf=csrf_of(request),
+            user=user, csrf=csrf_of(request), version=version_token() if user else "",
             is_admin=user is not None and allows(user.role, "admin"), **context)
         return HTMLResponse(html, status_code=status, headers={
             "Cache-Control": "no-store", "X-Frame-Options": "DENY",
@@ -279,13 +285,17 @@ def build_app(store: Store, settings: WebSettings, sink: VerdictSink | None) -> 
 
     @page()
     async def live(request: Request, user: User) -> Response:
+        seen = request.query_params.get("v", "")
+
         async def stream() -> AsyncIterator[str]:
-            last = await asyncio.to_thread(store.version)
+            last = await asyncio.to_thread(version_token)
             yield "retry: 2000\n\n"
+            if seen and seen != last:
+                yield "event: changed\ndata: {}\n\n"
             beat = 0
             while not await request.is_disconnected():
                 await asyncio.sleep(settings.live_poll_s)
-                now = await asyncio.to_thread(store.version)
+                now = await asyncio.to_thread(version_token)
                 if now != last:
                     last = now
                     yield "event: changed\ndata: {}\n\n"

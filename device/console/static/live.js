@@ -17,11 +17,14 @@
         if (html) {
           var doc = new DOMParser().parseFromString(html, "text/html");
           var fresh = doc.getElementById("live");
-          if (fresh) { live.innerHTML = fresh.innerHTML; }
+          if (fresh) {
+            live.innerHTML = fresh.innerHTML;
+            live.dataset.version = fresh.dataset.version || "";
+          }
         }
       })
       .finally(function () { busy = false; });
   }
-  var source = new EventSource("/live");
+  var source = new EventSource("/live?v=" + encodeURIComponent(live.dataset.version || ""));
   source.addEventListener("changed", refresh);
 })();
