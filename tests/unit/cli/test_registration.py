@@ -11,7 +11,7 @@ import device.cli
 from device.cli import main
 
 CLI = Path(device.cli.__file__).parent
-VERBS = ["audit", "bench", "calibrate", "demo", "detect", "doctor", "embed", "eval", "gallery",
+VERBS = ["audit", "bench", "calibrate", "console", "demo", "detect", "doctor", "embed", "eval", "gallery",
          "identify", "keys", "models", "run", "status", "sync"]
 
 
