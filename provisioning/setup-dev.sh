@@ -11,7 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # systemd: systemd-analyze, which tests/integration/test_systemd.py runs on the unit files.
-APT_PACKAGES=(mosquitto mosquitto-clients systemd)
+# postgresql: the console's store tests start a throwaway cluster; chromium and
+# chromium-driver: the console's browser test.
+APT_PACKAGES=(mosquitto mosquitto-clients systemd postgresql chromium chromium-driver)
 if [[ "${FACEGATE_SKIP_APT:-0}" != 1 && $(id -u) == 0 ]]; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do

@@ -16,6 +16,7 @@ from device.cli import (
     bench_pipeline,
     bench_search,
     calibrate_cmd,
+    console_cmd,
     demo_cmd,
     detect_cmd,
     doctor_cmd,
@@ -56,7 +57,8 @@ def _register() -> None:
     gallery_cmd.gallery_group.add_command(enroll_cmd.enroll_dir)
     eval_cmd.eval_group.add_command(eval_identify_cmd.eval_identify)
     for command in (
-        audit_cmd.audit_group, bench, calibrate_cmd.calibrate, demo_cmd.demo_command,
+        audit_cmd.audit_group, bench, calibrate_cmd.calibrate, console_cmd.console_group,
+        demo_cmd.demo_command,
         detect_cmd.detect, doctor_cmd.doctor_command, embed_cmd.embed, eval_cmd.eval_group,
         gallery_cmd.gallery_group, identify_cmd.identify, keys_cmd.keys_group,
         models_cmd.models_group, run_cmd.run_command, run_cmd.status_command,

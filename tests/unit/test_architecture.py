@@ -50,3 +50,15 @@ def test_the_runtime_never_imports_the_lab() -> None:
         if re.search(r"^\s*(from|import) device\.lab\b", path.read_text(), flags=re.MULTILINE):
             offenders.append(str(path.relative_to(REPO)))
     assert not offenders, f"runtime modules importing device.lab: {offenders}"
+
+
+def test_the_runtime_never_imports_the_console() -> None:
+    offenders = []
+    for path in (REPO / "device").rglob("*.py"):
+        rel = path.relative_to(REPO / "device").parts
+        if rel[0] in {"console", "cli", "lab", "ops"}:
+            continue
+        if re.search(r"^\s*(from|import) device\.console\b", path.read_text(),
+                     flags=re.MULTILINE):
+            offenders.append(str(path.relative_to(REPO)))
+    assert not offenders, f"unit modules importing device.console: {offenders}"

@@ -11,8 +11,8 @@ import device.cli
 from device.cli import main
 
 CLI = Path(device.cli.__file__).parent
-VERBS = ["audit", "bench", "calibrate", "demo", "detect", "doctor", "embed", "eval", "gallery",
-         "identify", "keys", "models", "run", "status", "sync"]
+VERBS = ["audit", "bench", "calibrate", "console", "demo", "detect", "doctor", "embed", "eval",
+         "gallery", "identify", "keys", "models", "run", "status", "sync"]
 
 
 def test_no_verb_module_attaches_itself_to_main() -> None:

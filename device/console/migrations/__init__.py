@@ -1,0 +1,1 @@
+"""Alembic migrations of the console's store (run by :func:`device.console.store.migrate`)."""
