@@ -24,9 +24,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device.console.store import Store
-from device.console.verdict import parse_ack
 from device.errors import DeviceError
 from device.events.client import BrokerClient, BrokerLogin, make_client
+from device.events.review import parse_ack
 from device.events.schema import (
     GALLERY_STATE_SCHEMA,
     HEALTH_SCHEMA,
@@ -142,7 +142,17 @@ def handle(store: Store, topic: str, data: bytes, stats: IngestStats | None = No
         return "state"
     if rest == "review/ack":
         ack = parse_ack(payload)
-        store.add_ack(ack)
+        if ack.nonce is None or ack.event_id is None:
+            # The unit's answer to a malformed verdict: no console verdict to attach it to.
+            logger.info("console: %s refused a verdict it could not read (%s)", unit, ack.reason)
+            return "state"
+        # Stored once per nonce, first wins: a QoS 1 redelivery the unit refuses as
+        # replayed never hides the ack that recorded it.
+        store.add_ack({"nonce": ack.nonce, "event_id": ack.event_id, "unit": ack.unit,
+                       "outcome": ack.outcome,
+                       "reason": None if ack.reason is None else str(ack.reason),
+                       "at": parse_timestamp(ack.at), "audit_seq": ack.audit_seq,
+                       "audit_head": ack.audit_head})
         return "state"
     if len(levels) == 4 and levels[3] in ("match", "track_end"):
         if payload.get("camera") != levels[2]:

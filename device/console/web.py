@@ -37,9 +37,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from device.console import accuracy
 from device.console.auth import Lockout, allows, csrf_ok, login, new_csrf_token
 from device.console.store import EventFilter, Store, User
-from device.console.verdict import VERDICTS, review_topic, sign_verdict
 from device.console.views import ago, fleet_rows, utc
 from device.errors import DeviceError
+from device.events.review import VERDICTS, sign_verdict
+from device.events.topics import Topics
 from device.sync.keys import load_private_key
 from device.timestamps import parse_utc
 
@@ -253,17 +254,18 @@ def build_app(store: Store, settings: WebSettings, sink: VerdictSink | None) -> 
                                      "recreate the account with --role reviewer", 409)
         try:
             key = await asyncio.to_thread(load_private_key, Path(user.key_path))
-            signed = sign_verdict(key, unit=event["unit"], event_id=event_id, verdict=verdict,
+            signed = sign_verdict(key, unit=event["unit"], event_id=event_id,
+                                  verdict=verdict,  # type: ignore[arg-type]  # checked above
                                   issued_at=time.time())
         except DeviceError as exc:
             return await review_view(request, user, f"cannot sign the verdict: {exc}", 500)
         await asyncio.to_thread(store.add_verdict, {
             "nonce": signed.nonce, "event_id": event_id, "unit": event["unit"],
             "verdict": verdict, "reviewer": user.username,
-            "reviewer_key": signed.payload["reviewer"], "note": note,
+            "reviewer_key": signed.reviewer, "note": note,
             "issued_at": time.time(), "published": False})
         if sink is not None:
-            sink.publish(review_topic(event["unit"]), signed.encode(), qos=1, retain=False)
+            sink.publish(Topics(event["unit"]).review, signed.encode(), qos=1, retain=False)
             await asyncio.to_thread(store.mark_published, signed.nonce)
         logger.info("console: %s recorded %s for event %s of %s", user.username, verdict,
                     event_id, event["unit"])

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from device.console.verdict import signed_bytes
 from device.events.client import BrokerLogin, make_client
+from device.events.review import parse_verdict
 from device.events.schema import format_timestamp
 from device.ops.localbroker import free_port
 from device.sync.keys import load_public_key
@@ -135,7 +135,8 @@ class FakeUnitClient:
     def _verdict(self, _client: Any, _userdata: Any, message: Any) -> None:
         try:
             verdict = json.loads(message.payload)
-            self.key.verify(base64.b64decode(verdict["signature"]), signed_bytes(verdict))
+            signed = parse_verdict(json.dumps(verdict).encode()).signed_bytes()
+            self.key.verify(base64.b64decode(verdict["signature"]), signed)
         except Exception as exc:  # the test reports it; the network thread goes on
             self.errors.append(repr(exc))
             return

@@ -16,9 +16,9 @@ from device.console.config import ConsoleConfig, WebConfig
 from device.console.ingest import handle
 from device.console.serve import check_exposure
 from device.console.store import Store, open_store
-from device.console.verdict import signed_bytes
 from device.console.web import WebSettings, build_app
 from device.errors import ConfigError
+from device.events.review import parse_verdict
 from device.privacy import check_payload
 from device.sync.keys import load_public_key
 from tests.console_helpers import (
@@ -120,7 +120,7 @@ def test_reviewer_records_a_signed_verdict(setup) -> None:  # type: ignore[no-un
     import base64
 
     load_public_key(keys["rita"].public).verify(base64.b64decode(verdict["signature"]),
-                                                signed_bytes(verdict))
+                                                parse_verdict(json.dumps(verdict).encode()).signed_bytes())
     assert store.review_queue() == []
     [row] = store.reviewed()
     assert row["note"] == "guard says: visitor" and row["published"]
