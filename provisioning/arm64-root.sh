@@ -69,6 +69,8 @@ trap cleanup EXIT
 enter() { # CMD... inside the root
   mountpoint -q "$ROOT/proc" || { mount -t proc proc "$ROOT/proc"; MOUNTS+=("$ROOT/proc"); }
   mount_in /dev /dev
+  # No /sys: with it mounted, LiteRT segfaulted under qemu-user here (XNNPACK's cpuinfo then
+  # reads the host's CPU lists); without it cpuinfo warns and uses its baseline kernels.
   mount_in "$REPO" /opt/facegate-src ro
   local datasets=${FACEGATE_DATASETS:-$REPO/../shared/datasets}
   [[ ! -d "$datasets" ]] || mount_in "$(cd "$datasets" && pwd)" /opt/datasets ro
@@ -77,7 +79,8 @@ enter() { # CMD... inside the root
   cp -L /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/host-ca.crt" 2>/dev/null || true
   chroot "$ROOT" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
     HOME=/root LANG=C.UTF-8 PIP_CERT=/etc/ssl/host-ca.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_DEFAULT_TIMEOUT=180 FACEGATE_DATASETS=/opt/datasets "$@"
+    PIP_DEFAULT_TIMEOUT=180 FACEGATE_DATASETS=/opt/datasets \
+    FACEGATE_MODEL_DIR=/var/lib/facegate/models "$@"
 }
 
 if ((${#RUN[@]})); then
