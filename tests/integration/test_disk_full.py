@@ -54,4 +54,4 @@ def test_audit_log_full_by_page_limit_keeps_its_error(tmp_path: Path) -> None:
         conn.execute(f"PRAGMA max_page_count = {pages + 1}")
         with pytest.raises(AuditError, match="append failed: database or disk is full"):
             for i in range(10_000):
-                log.record_service_stop(f"reason number {i} " + "y" * 200)
+                log.record_service_stop(f"reason number {i} " + "the disk fills up " * 12)
