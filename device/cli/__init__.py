@@ -3,27 +3,29 @@
 Each verb module defines its commands and groups without knowing about ``main``;
 this module registers every one of them explicitly, so the command tree is read
 here in one place.
+
+The unit's verbs need only the unit's packages. The laboratory's (``eval``,
+``calibrate``, ``bench``) are registered only when :mod:`device.lab` is installed and the
+fleet's (``console``) only when :mod:`device.console` and its web stack are, so an
+install that leaves those packages out (``[tool.hatch.build.targets.wheel] exclude``)
+still has a whole ``facegate`` for a unit.
 """
 
 from __future__ import annotations
+
+import importlib.util
+import logging
 
 import click
 
 from device import __version__
 from device.cli import (
     audit_cmd,
-    bench_embed,
-    bench_pipeline,
-    bench_search,
-    calibrate_cmd,
-    console_cmd,
     demo_cmd,
     detect_cmd,
     doctor_cmd,
     embed_cmd,
     enroll_cmd,
-    eval_cmd,
-    eval_identify_cmd,
     gallery_cmd,
     identify_cmd,
     keys_cmd,
@@ -47,24 +49,59 @@ def bench() -> None:
     """Benchmarks: printed tables, never pass/fail."""
 
 
-def _register() -> None:
+logger = logging.getLogger(__name__)
+
+
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except ImportError:  # a parent package is missing
+        return False
+
+
+def _register_unit() -> None:
+    gallery_cmd.gallery_group.add_command(enroll_cmd.enroll)
+    gallery_cmd.gallery_group.add_command(enroll_cmd.enroll_dir)
+    for command in (
+        audit_cmd.audit_group, demo_cmd.demo_command, detect_cmd.detect,
+        doctor_cmd.doctor_command, embed_cmd.embed, gallery_cmd.gallery_group,
+        identify_cmd.identify, keys_cmd.keys_group, models_cmd.models_group,
+        run_cmd.run_command, run_cmd.status_command, sync_cmd.sync_group,
+    ):
+        main.add_command(command)
+
+
+def _register_lab() -> None:
+    from device.cli import (
+        bench_embed,
+        bench_pipeline,
+        bench_search,
+        calibrate_cmd,
+        eval_cmd,
+        eval_identify_cmd,
+    )
+
     for command in (bench_embed.bench_embed, bench_embed.bench_embed_compare,
                     bench_embed.bench_embed_int8,
                     bench_pipeline.bench_pipeline, bench_search.bench_search,
                     detect_cmd.bench_detect):
         bench.add_command(command)
-    gallery_cmd.gallery_group.add_command(enroll_cmd.enroll)
-    gallery_cmd.gallery_group.add_command(enroll_cmd.enroll_dir)
     eval_cmd.eval_group.add_command(eval_identify_cmd.eval_identify)
-    for command in (
-        audit_cmd.audit_group, bench, calibrate_cmd.calibrate, console_cmd.console_group,
-        demo_cmd.demo_command,
-        detect_cmd.detect, doctor_cmd.doctor_command, embed_cmd.embed, eval_cmd.eval_group,
-        gallery_cmd.gallery_group, identify_cmd.identify, keys_cmd.keys_group,
-        models_cmd.models_group, run_cmd.run_command, run_cmd.status_command,
-        sync_cmd.sync_group,
-    ):
+    for command in (bench, calibrate_cmd.calibrate, eval_cmd.eval_group):
         main.add_command(command)
 
 
-_register()
+def _register_console() -> None:
+    try:
+        from device.cli import console_cmd
+    except ImportError as exc:  # the package is there, its web stack is not
+        logger.debug("facegate console unavailable: %s", exc)
+        return
+    main.add_command(console_cmd.console_group)
+
+
+_register_unit()
+if _installed("device.lab"):
+    _register_lab()
+if _installed("device.console"):
+    _register_console()

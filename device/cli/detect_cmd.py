@@ -13,7 +13,6 @@ from PIL import Image as PILImage
 from device.cli.common import emit_json, handle_errors, json_option, progress
 from device.errors import ImageError
 from device.imageio import IMAGE_SUFFIXES, iter_image_files, read_image
-from device.lab import detect_bench
 from device.types import Detection, Image
 from device.vision import samples
 from device.vision.annotate import draw_detections
@@ -164,6 +163,8 @@ def bench_detect(as_json: bool, model: str, runs: int, warmup: int,
     Synthetic frames built from real photos at 640x360, 1280x720 and 1920x1080,
     each at 1 and 2 threads, plus tiled at 1920x1080; p50/p95 milliseconds.
     """
+    from device.lab import detect_bench
+
     cases = detect_bench.default_cases(threads=threads or detect_bench.DEFAULT_THREADS)
     if not as_json:
         click.echo(f"BlazeFace {model}, {runs} runs per case after {warmup} warm-up", err=True)
