@@ -24,9 +24,11 @@ if [[ "${FACEGATE_SKIP_APT:-0}" != 1 && $(id -u) == 0 ]]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  # The packaged broker starts a system-wide service on port 1883; tests start their
-  # own brokers on free ports, so stop it where it was started.
-  (systemctl stop mosquitto 2>/dev/null || service mosquitto stop 2>/dev/null || true) >/dev/null 2>&1
+  # The packaged broker and database start system-wide services (ports 1883, 5432);
+  # tests start their own on free ports, so stop them where they were started.
+  for s in mosquitto postgresql; do
+    (systemctl stop "$s" 2>/dev/null || service "$s" stop 2>/dev/null || true) >/dev/null 2>&1
+  done
 elif [[ "${FACEGATE_SKIP_APT:-0}" != 1 ]]; then
   command -v mosquitto >/dev/null || echo "setup: not root; install mosquitto yourself for the broker tests" >&2
 fi
