@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from device.cli.common import emit_json, handle_errors, json_option
 from device.errors import DeviceError, ModelError
 
-#: The issue's floor: TFLite must take at most this fraction of dlib's time per chip.
+#: The target: TFLite takes at most this fraction of dlib's time per chip.
 FLOOR = 1 / 3
 
 
@@ -143,7 +143,7 @@ def bench_embed(
     else:
         verdict = "meets" if ratio <= FLOOR else "MISSES"
         click.echo(
-            f"tflite ({threads} threads) / dlib = {ratio:.3f} ({verdict} the issue's floor of "
+            f"tflite ({threads} threads) / dlib = {ratio:.3f} ({verdict} the target of "
             f"{FLOOR:.2f}); "
             f"cosine on the first chip {agreement:.9f}"
         )
@@ -269,7 +269,7 @@ def bench_embed_compare(images: Path | None, count: int, threads: int, cache_dir
                    f"{row['ratio_to_dlib_descriptor']:>11.3f}")
     verdict = "meets" if ratio <= FLOOR else "MISSES"
     click.echo(f"facegate embedding / dlib compute_face_descriptor = {ratio:.3f} ({verdict} the "
-               f"issue's floor of {FLOOR:.2f}); whole pipeline vs face_recognition = "
+               f"target of {FLOOR:.2f}); whole pipeline vs face_recognition = "
                f"{pipeline_ratio:.3f}")
 
 

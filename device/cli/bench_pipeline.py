@@ -32,7 +32,7 @@ def bench_pipeline(source: Path, threads: int, gallery: Path | None, threshold: 
     """Sustained fps and per-stage latency of the frame loop on a video, beside the
     face_recognition library's fps (HOG + encodings of every face) on the same frames.
 
-    Floors from the issue: at least 10x the library, and at least 60 fps with 2 threads.
+    Targets: at least 10x the library, and at least 60 fps with 2 threads.
     Numbers depend on the machine's load; run it when the machine is otherwise idle.
     """
     from device.lab.pipeline_bench import report_rows, run_baseline, run_pipeline, verdicts

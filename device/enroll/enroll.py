@@ -12,10 +12,10 @@ reasons (``no_face``, ``multiple_faces``, ``too_small``, ``blurred``, ``too_dark
 or one of :data:`UNREADABLE`, :data:`DUPLICATE`, :data:`UNALIGNABLE`, each with a
 human-readable detail.
 
-Batch policy (the issue: "a batch either commits whole or leaves the gallery
-untouched; the report lists what was accepted and rejected and why"): **all or
-nothing by default**. One rejected photo, or one identity that cannot be enrolled
-(its label is taken, too many photos), and nothing is written; the report lists
+Batch policy: a batch either commits whole or leaves the gallery untouched, and the
+report lists what was accepted and rejected and why: **all or nothing by default**.
+One rejected photo, or one identity that cannot be enrolled (its label is taken, too
+many photos), and nothing is written; the report lists
 every photo with its verdict. ``skip_rejected=True`` is the explicit opt-out: the
 accepted photos are committed (still in one transaction) and the rejected ones are
 listed as left out. A batch is one identity (``gallery enroll``) or a whole folder

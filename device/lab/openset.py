@@ -2,7 +2,7 @@
 
 :func:`embed_tree` turns a folder tree (one sub-folder per identity) into one
 embedding per image, in memory only; :func:`open_set_split` and
-:func:`evaluate_open_set` measure 1:N identification the way the gallery issue asks:
+:func:`evaluate_open_set` measure open-set 1:N identification:
 
 * **gallery**: the first image (sorted by file name) of each identity with at least
   two images, except the identities held out (below);
@@ -44,7 +44,7 @@ from device.vision.stills import embed_faces
 
 logger = logging.getLogger(__name__)
 
-#: FPIR targets the issue asks for.
+#: FPIR targets reported by default.
 DEFAULT_FPIRS = (1e-2, 1e-3)
 
 Progress = Callable[[Path], object]
@@ -245,7 +245,7 @@ class OpenSetSplit:
 
 def open_set_split(labels: Sequence[str], unenrolled_fraction: float = 0.0, seed: int = 0
                    ) -> OpenSetSplit:
-    """The issue's protocol (see the module doc); rows in the order of ``labels``.
+    """The split of the module doc's protocol; rows in the order of ``labels``.
 
     Args:
         labels: Identity of each image, images of one identity in file-name order.

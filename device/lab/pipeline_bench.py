@@ -44,7 +44,7 @@ from device.vision.track import TrackerConfig
 
 logger = logging.getLogger(__name__)
 
-#: The issue's floors: our fps over the library's, and our fps with two threads.
+#: The targets: our fps over the library's, and our fps with two threads.
 RATIO_FLOOR = 10.0
 FPS_FLOOR = 60.0
 
