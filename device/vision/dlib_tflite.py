@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Literal, Self
 
 import numpy as np
 from pydantic import Field
@@ -64,16 +64,20 @@ class DlibTFLiteEmbedder:
             model is not built, fails its hash check or is not dlib's encoder.
     """
 
+    #: The backend's ``type`` and the input its model must take (float32 or int8).
+    BACKEND = "dlib_tflite"
+    INPUT_DTYPE = "float32"
+
     def __init__(
         self,
-        config: DlibTFLiteEmbedderConfig | None = None,
+        config: DlibTFLiteEmbedderConfig | DlibInt8EmbedderConfig | None = None,
         *,
         cache_dir: Path | None = None,
         manifest: dict[str, model_manifest.ModelSpec] | None = None,
     ) -> None:
         from device.modelzoo.dlib_runner import CHIP_SHAPE, DlibResnetTFLite
 
-        self.config = config or DlibTFLiteEmbedderConfig()
+        self.config = config or self._default_config()
         spec = model_manifest.get_spec(self.config.model, manifest)
         self._model_id = spec.id
         template = template_of(spec)
@@ -83,11 +87,22 @@ class DlibTFLiteEmbedder:
         self._input_size = input_size_of(spec)
         if self._input_size != (CHIP_SHAPE[1], CHIP_SHAPE[0]):
             raise ModelError(
-                f"model {spec.id}: the dlib_tflite backend runs dlib's 150x150 encoder, the "
+                f"model {spec.id}: the {self.BACKEND} backend runs dlib's 150x150 encoder, the "
                 f"manifest declares {self._input_size}"
             )
         path = model_manifest.verified_path(spec.id, cache_dir=cache_dir, manifest=manifest)
         self._runner = DlibResnetTFLite(path, num_threads=self.config.num_threads)
+        if self._runner.input_dtype != self.INPUT_DTYPE:
+            self._runner.close()
+            other = "dlib_int8" if self._runner.input_dtype == "int8" else "dlib_tflite"
+            raise ModelError(
+                f"model {spec.id} ({path}) takes {self._runner.input_dtype} input, not "
+                f"{self.INPUT_DTYPE}; use the {other} backend for it"
+            )
+
+    @staticmethod
+    def _default_config() -> DlibTFLiteEmbedderConfig | DlibInt8EmbedderConfig:
+        return DlibTFLiteEmbedderConfig()
 
     @property
     def model_id(self) -> str:
@@ -130,7 +145,7 @@ class DlibTFLiteEmbedder:
         """Release the interpreter. Safe to call twice."""
         self._runner.close()
 
-    def __enter__(self) -> DlibTFLiteEmbedder:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -140,3 +155,44 @@ class DlibTFLiteEmbedder:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+#: The int8 encoder's manifest id.
+DLIB_INT8_MODEL_ID = "dlib-resnet-v1-int8"
+
+
+class DlibInt8EmbedderConfig(Section):
+    """dlib's face ResNet quantised to int8, on the CPU (LiteRT + XNNPACK)."""
+
+    type: Literal["dlib_int8"] = Field("dlib_int8", description="Embedder backend.")
+    model: str = Field(
+        DLIB_INT8_MODEL_ID,
+        description="Manifest id of the built int8 model (`facegate models build` makes it).",
+    )
+    num_threads: int = Field(2, ge=1, le=16, description="CPU threads for the interpreter.")
+    flip_average: bool = Field(
+        True, description="Add the descriptor of the chip's mirror image (two inferences)."
+    )
+    border: Literal["constant", "replicate"] | None = Field(
+        None,
+        description="Fill for chip pixels outside the image; default the template's "
+        "(models/manifest.toml).",
+    )
+
+
+class DlibInt8Embedder(DlibTFLiteEmbedder):
+    """dlib's 128-d descriptor from the int8 model, L2-normalised. A context manager.
+
+    The same chips, template and flip averaging as :class:`DlibTFLiteEmbedder`; the
+    model takes int8 input (the normalisation is folded into its quantisation).
+
+    Raises:
+        ModelError: As :class:`DlibTFLiteEmbedder`, or the model does not take int8.
+    """
+
+    BACKEND = "dlib_int8"
+    INPUT_DTYPE = "int8"
+
+    @staticmethod
+    def _default_config() -> DlibTFLiteEmbedderConfig | DlibInt8EmbedderConfig:
+        return DlibInt8EmbedderConfig()
