@@ -62,3 +62,13 @@ def test_the_runtime_never_imports_the_console() -> None:
                      flags=re.MULTILINE):
             offenders.append(str(path.relative_to(REPO)))
     assert not offenders, f"unit modules importing device.console: {offenders}"
+
+
+def test_unit_tests_mirror_the_package_tree() -> None:
+    unit = REPO / "tests" / "unit"
+    strays = [
+        str(d.relative_to(unit)) for d in unit.rglob("*")
+        if d.is_dir() and d.name != "__pycache__"
+        and not (REPO / "device" / d.relative_to(unit) / "__init__.py").is_file()
+    ]
+    assert not strays, f"tests/unit folders with no device package of that name: {strays}"
