@@ -56,6 +56,7 @@ def _register() -> None:
     gallery_cmd.gallery_group.add_command(enroll_cmd.enroll_dir)
     eval_cmd.eval_group.add_command(eval_identify_cmd.eval_identify)
     eval_cmd.eval_group.add_command(eval_conditions_cmd.eval_conditions)
+    eval_cmd.eval_group.add_command(eval_conditions_cmd.eval_templates)
     for command in (
         audit_cmd.audit_group, bench, calibrate_cmd.calibrate, demo_cmd.demo_command,
         detect_cmd.detect, doctor_cmd.doctor_command, embed_cmd.embed, eval_cmd.eval_group,

@@ -161,3 +161,91 @@ def eval_conditions(roots: tuple[Path, ...], model_ids: tuple[str, ...],
             click.echo(f"FINDING ({model_id}): {line}")
     if plot is not None:
         click.echo(f"plot written to {plot}")
+
+
+@click.command("templates")
+@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False,
+                                                        path_type=Path),
+              help="A labelled set (one sub-folder per identity).")
+@click.option("--k", type=click.IntRange(1, 10), default=3, show_default=True,
+              help="Photos per sequence (the track's template size; [decision] n).")
+@click.option("--embedder", "model_id", default=DLIB_MODEL_ID, show_default=True,
+              help="Embedder model id.")
+@click.option("--limit-identities", type=click.IntRange(1), default=None,
+              help="Only the first N identities (sorted).")
+@click.option("--save-calibration", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write the template's calibration table (its impostor "
+              "scores) to this file; name it <model_id>.template-mean-k<K>.calibration.json "
+              "in the model cache or models/calibration/ for the service to find it.")
+@threads_option
+@json_option
+@handle_errors
+def eval_templates(root: Path, k: int, model_id: str, limit_identities: int | None,
+                   save_calibration: Path | None, threads: int, as_json: bool) -> None:
+    """Sequences of K photos of one person: FNIR of the quality-weighted mean template
+    against the single best face, each at its own threshold for FMR 1e-3 and 1e-4
+    measured on the same impostor comparisons (sequence of A vs gallery face of B)."""
+    from device.lab import calibration
+    from device.lab import templates as tpl
+    from device.lab.openset import list_tree
+    from device.service.template import template_table_id
+
+    rel, labels = tpl.needed_photos(*list_tree(root, limit_identities), k)
+    with open_finder(threads) as finder, open_embedder(model_id, threads) as embedder, \
+            progress_bar(len(rel), "embedding", as_json=as_json) as advance:
+        faces = tpl.embed_with_quality(root, rel, labels, finder, embedder, progress=advance)
+    try:
+        seqs = tpl.make_sequences(faces.labels, k)
+    except ValueError as exc:
+        raise ConfigError(f"{root}: {exc}") from exc
+    results = {}
+    template_impostors = None
+    for mode in ("mean", "best"):
+        gen, imp = tpl.scores(faces, seqs, mode)
+        results[mode] = tpl.evaluate_mode(gen, imp, mode)
+        if mode == "mean":
+            template_impostors = imp
+    table_id = template_table_id(model_id, k)
+    saved = None
+    if save_calibration is not None:
+        assert template_impostors is not None
+        table = calibration.build_table(
+            template_impostors, model_id=table_id,
+            source=f"{root}: quality-weighted mean templates of {k} photos (gallery = first "
+                   f"photo of each identity) vs other identities' gallery faces; "
+                   f"{len(seqs.sequence_labels)} sequences, {len(seqs.gallery)} gallery faces")
+        saved = str(calibration.save_table(table, save_calibration))
+    better = {f: (results["mean"].fnir_at(f), results["best"].fnir_at(f))
+              for f in tpl.TEMPLATE_FMRS}
+    if as_json:
+        emit_json({"root": str(root), "model_id": model_id, "k": k,
+                   "photos": len(faces.paths), "missed": len(faces.missed),
+                   "sequences": len(seqs.sequence_labels), "gallery": len(seqs.gallery),
+                   "template_table_id": table_id, "calibration_saved": saved,
+                   "modes": [r.to_json() for r in results.values()],
+                   "template_lower_fnir": {
+                       str(f): (m is not None and b is not None and m < b)
+                       for f, (m, b) in better.items()}})
+        return
+    click.echo(f"{root}: {len(faces.paths)} photos with a face ({len(faces.missed)} without); "
+               f"{len(seqs.sequence_labels)} sequences of {k}, gallery {len(seqs.gallery)} "
+               "faces (first photo of each identity)")
+    click.echo(f"  {'mode':<28} {'genuine':>8} {'impostor':>9}  {'FMR':>6} {'threshold':>9} "
+               f"{'measured':>9} {'FNIR':>7}")
+    names = {"mean": f"template (mean of {k})", "best": "single best-quality face"}
+    for mode, r in results.items():
+        for f, t, m, n in r.points:
+            if t is None:
+                click.echo(f"  {names[mode]:<28} {r.genuine:>8} {r.impostors:>9}  {f:>6.0e} "
+                           "not resolvable")
+                continue
+            assert m is not None and n is not None
+            click.echo(f"  {names[mode]:<28} {r.genuine:>8} {r.impostors:>9}  {f:>6.0e} "
+                       f"{t:>9.4f} {m:>9.2e} {n:>7.4f}")
+    for f, (m, b) in better.items():
+        if m is not None and b is not None:
+            verdict = "lower" if m < b else "NOT lower"
+            click.echo(f"at FMR {f:g}: template FNIR {m:.4f} vs single best face {b:.4f}: "
+                       f"{verdict}")
+    if saved:
+        click.echo(f"template calibration table ({table_id}) written to {saved}")
