@@ -78,6 +78,7 @@ def _register_lab() -> None:
         bench_search,
         calibrate_cmd,
         eval_cmd,
+        eval_conditions_cmd,
         eval_identify_cmd,
     )
 
@@ -87,6 +88,8 @@ def _register_lab() -> None:
                     detect_cmd.bench_detect):
         bench.add_command(command)
     eval_cmd.eval_group.add_command(eval_identify_cmd.eval_identify)
+    eval_cmd.eval_group.add_command(eval_conditions_cmd.eval_conditions)
+    eval_cmd.eval_group.add_command(eval_conditions_cmd.eval_templates)
     for command in (bench, calibrate_cmd.calibrate, eval_cmd.eval_group):
         main.add_command(command)
 

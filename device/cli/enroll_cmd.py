@@ -179,9 +179,12 @@ def _print_identity(report: IdentityReport, committed: bool) -> None:
                f"rejected; {state}")
     for p in report.photos:
         if p.accepted:
-            click.echo(f"  ok        {p.path}  (quality {p.quality:.2f})")
+            yaw = "" if p.yaw is None else f", yaw {p.yaw:+.0f}°"
+            click.echo(f"  ok        {p.path}  (quality {p.quality:.2f}{yaw})")
         else:
             click.echo(f"  rejected  {p.path}  {', '.join(p.reasons)}: {p.detail}")
+    if report.pose_warning:
+        click.echo(f"  warning: {report.pose_warning}")
 
 
 def _output(report: EnrollmentReport, as_json: bool, db_path: Path | None) -> None:

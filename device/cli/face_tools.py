@@ -20,7 +20,14 @@ from device.service.thresholds import (
     resolve_threshold,
 )
 from device.vision.blazeface import BlazeFaceConfig, BlazeFaceDetector
-from device.vision.dlib_tflite import DLIB_MODEL_ID, DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
+from device.vision.dlib_tflite import (
+    DLIB_INT8_MODEL_ID,
+    DLIB_MODEL_ID,
+    DlibInt8Embedder,
+    DlibInt8EmbedderConfig,
+    DlibTFLiteEmbedder,
+    DlibTFLiteEmbedderConfig,
+)
 from device.vision.stills import StillFaceFinder, StillFinderConfig
 
 threads_option = click.option(
@@ -73,11 +80,13 @@ def open_finder(threads: int) -> StillFaceFinder:
 
 
 def open_embedder(model_id: str, threads: int) -> DlibTFLiteEmbedder:
-    """The TFLite dlib embedder for ``model_id``.
+    """The TFLite dlib embedder for ``model_id``: the float model or the int8 one.
 
     Raises:
         ModelError: The model is not built, fails its hash check or lacks a template.
     """
+    if model_id == DLIB_INT8_MODEL_ID:
+        return DlibInt8Embedder(DlibInt8EmbedderConfig(num_threads=threads))
     return DlibTFLiteEmbedder(DlibTFLiteEmbedderConfig(model=model_id, num_threads=threads))
 
 

@@ -61,6 +61,7 @@ from device.vision.quality import (
     QualityConfig,
     QualityReason,
     assess_enrollment,
+    head_pose,
 )
 from device.vision.stills import refine_detection
 
@@ -75,6 +76,10 @@ UNALIGNABLE = "unalignable"
 
 #: Called after each photo is examined (for progress bars).
 Progress = Callable[[Path], object]
+
+
+#: Below this estimated |yaw| (degrees) a photo counts as frontal.
+FRONTAL_YAW_DEG = 15.0
 
 
 class EnrollmentConfig(Section):
@@ -111,6 +116,8 @@ class PhotoResult:
         quality: Overall quality score of the enrolled face (``None`` if none).
         padded: Whether the photo was padded before detection.
         detections: Every candidate the detector returned, whatever its confidence.
+        yaw: Estimated yaw of the enrolled face in degrees
+            (:func:`~device.vision.quality.head_pose`; ``None`` if none).
     """
 
     path: Path
@@ -121,6 +128,7 @@ class PhotoResult:
     quality: float | None = None
     padded: bool = False
     detections: int = 0
+    yaw: float | None = None
 
     @property
     def accepted(self) -> bool:
@@ -133,6 +141,7 @@ class PhotoResult:
             "detail": self.detail, "image_sha256": self.image_sha256, "faces": self.faces,
             "quality": None if self.quality is None else round(self.quality, 4),
             "padded": self.padded, "detections": self.detections,
+            "yaw": None if self.yaw is None else round(self.yaw, 1),
         }
 
 
@@ -165,11 +174,28 @@ class IdentityReport:
     def enrolled(self) -> bool:
         return self.identity_id is not None
 
+    @property
+    def only_frontal(self) -> bool:
+        """Every accepted photo is frontal (estimated ``|yaw|`` below
+        :data:`FRONTAL_YAW_DEG`): the identity has no photo of a turned head, so a
+        camera seeing it from the side compares against frontal faces only."""
+        yaws = [p.yaw for p in self.accepted if p.yaw is not None]
+        return bool(yaws) and all(abs(y) < FRONTAL_YAW_DEG for y in yaws)
+
+    @property
+    def pose_warning(self) -> str | None:
+        """The warning line for :attr:`only_frontal`, else ``None``."""
+        if not self.only_frontal:
+            return None
+        return (f"only frontal photos (every accepted |yaw| < {FRONTAL_YAW_DEG:g}°): add "
+                "photos with the head turned 15-45° so side views can be matched")
+
     def to_json(self) -> dict[str, object]:
         return {
             "label": self.label, "identity_id": self.identity_id, "enrolled": self.enrolled,
             "problem": self.problem, "accepted": len(self.accepted),
             "rejected": len(self.rejected), "photos": [p.to_json() for p in self.photos],
+            "only_frontal": self.only_frontal, "pose_warning": self.pose_warning,
         }
 
 
@@ -382,7 +408,9 @@ def examine_photo(
                            confident, None, padded, len(found)), None
     embedding = embedder.embed([chip])[0]
     quality = float(verdict.report.score)
-    return (PhotoResult(path, (), "", sha, confident, quality, padded, len(found)),
+    pose = head_pose(face)
+    return (PhotoResult(path, (), "", sha, confident, quality, padded, len(found),
+                        None if pose is None else pose.yaw),
             NewFace(embedding=embedding, quality=quality, image_sha256=sha))
 
 

@@ -49,6 +49,7 @@ from device.paths import default_state_dir
 from device.service.decision import DecisionConfig
 from device.service.retention import RetentionConfig
 from device.service.review import ReviewConfig
+from device.service.template import template_threshold
 from device.service.thresholds import (
     ALLOW_UNSAFE_IN_CONFIG,
     DEFAULT_TARGET_FMR,
@@ -368,6 +369,9 @@ class FacegateConfig(Section):
         Raises:
             ConfigError: As :func:`~device.service.thresholds.resolve_threshold`.
         """
+        if self.decision.template == "mean":
+            return template_threshold(model_id, self.decision.n, self.gallery.policy,
+                                      cache_dir=self.model_dir)
         return resolve_threshold(model_id, self.gallery.policy, cache_dir=self.model_dir)
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from pydantic import Field, model_validator
 
@@ -63,6 +63,13 @@ class DecisionConfig(Section):
         False,
         description="Return an UnknownTrack value (a count: no identity, no embedding) "
         "when a track that cast at least k votes ends without an announcement.",
+    )
+    template: Literal["best", "mean"] = Field(
+        "best",
+        description="best: each embedded face votes on its own (k of the last n). mean: "
+        "the track is searched with the quality-weighted mean of its best n embeddings "
+        "(re-normalised) once it has n, at the template's own calibrated threshold "
+        "(table <model>.template-mean-k<n>); one agreeing template search announces.",
     )
     max_tracks: int = Field(
         256, ge=1, le=100_000,

@@ -15,6 +15,9 @@
 5. **search** — each embedding is searched in the active gallery (taken once per
    frame, so a gallery swap never splits one answer across versions);
 6. **decide** — the camera's :class:`~device.service.decision.Decider` votes (k of the last n).
+   With ``[decision] template = "mean"`` steps 5-6 use the track's template instead: the
+   quality-weighted mean of its best n embeddings (:mod:`device.service.template`),
+   searched once the track has n and decided by one vote at the template's threshold.
 
 It returns :class:`FrameResult`: the decisions (matches to publish, tracks that ended,
 unknown-track counts) and the time each stage took. An embedding lives only inside
@@ -39,7 +42,8 @@ from device.events.schema import NormalisedBox
 from device.gallery.search.index import Hit
 from device.service.decision import Announce, Decider, DecisionConfig, TrackEnded, UnknownTrack
 from device.service.stats import StageClock
-from device.types import Detection, FaceChip, Frame, Image
+from device.service.template import mean_template
+from device.types import Detection, Embedding, FaceChip, FloatArray, Frame, Image
 from device.vision.align import AlignTemplate, align
 from device.vision.detect import Detector
 from device.vision.embed import Embedder
@@ -134,6 +138,9 @@ class _TrackState:
     embedded: int = 0
     recent: deque[float] = field(default_factory=deque)  # qualities of the last n votes
     matched: bool = False
+    # Template mode only: (quality, embedding) of the track's best n faces, in memory
+    # while the track lives (dropped with its state when it ends; never written).
+    best: list[tuple[float, FloatArray]] = field(default_factory=list)
 
 
 class _Camera:
@@ -142,6 +149,8 @@ class _Camera:
     def __init__(self, camera_id: str, tracking: TrackerConfig, threshold: float,
                  decision: DecisionConfig) -> None:
         self.tracker: Tracker[FaceChip] = Tracker(camera_id, tracking)
+        if decision.template == "mean":  # one template search is one decisive vote
+            decision = decision.model_copy(update={"k": 1, "n": 1})
         self.decider = Decider(camera_id, threshold, decision)
         self.tracks: dict[int, _TrackState] = {}
         self.frame_size = (0, 0)
@@ -346,10 +355,15 @@ class FrameProcessor:
 
         gallery = self.gallery.current()  # one version for the search and the event
         best: list[Hit | None] = []
-        for embedding in embeddings:
-            hits = gallery.index.search_identities(embedding.vector, k=1)
+        if self.decision.template == "mean":
+            probes = self._template_probe(state, faces, embeddings)
+            faces = faces[-1:] if probes else []  # the template votes at its newest face
+        else:
+            probes = [e.vector for e in embeddings]
+        for probe in probes:
+            hits = gallery.index.search_identities(probe, k=1)
             best.append(hits[0] if hits else None)
-        del embeddings  # never kept: matched or not, the vectors end here
+        del embeddings, probes  # never kept beyond the track's template
         clock.lap("search")
 
         out: list[Outcome] = []
@@ -362,6 +376,18 @@ class FrameProcessor:
                     out.append(decision)
         clock.lap("decide")
         return out
+
+    def _template_probe(self, state: _TrackState, faces: list[TrackFace[FaceChip]],
+                        embeddings: list[Embedding]) -> list[FloatArray]:
+        """Keep the track's best ``n`` embeddings; their quality-weighted mean once it
+        has ``n`` (the size its threshold was calibrated for), else nothing."""
+        n = self.decision.n
+        state.best.extend((f.quality, e.vector) for f, e in zip(faces, embeddings, strict=True))
+        state.best.sort(key=lambda item: item[0], reverse=True)
+        del state.best[n:]
+        if len(state.best) < n:
+            return []
+        return [mean_template([v for _, v in state.best], [q for q, _ in state.best])]
 
     def _match(self, cam: _Camera, update: TrackUpdate[FaceChip], announce: Announce,
                gallery: ActiveGalleryView, arrival: float) -> Match:

@@ -260,3 +260,18 @@ def test_cli_rejections_say_each_thing_once(datasets: Path, tmp_path: Path) -> N
     assert photos["dogs.jpg"]["reasons"] == ["no_face"]
     assert photos["dogs.jpg"]["faces"] == 0 and photos["dogs.jpg"]["detections"] >= 1
     assert photos["nothere.jpg"]["detail"] == "no such file"
+
+
+def test_cli_enroll_reports_yaw_and_only_frontal(datasets: Path, tmp_path: Path) -> None:
+    photo = str(datasets / "media" / "single" / "obama.jpg")
+    code, out = _run("gallery", "enroll", "--db", str(tmp_path / "p.db"), "--label", "Obama",
+                     "--json", "--dry-run", "--threads", "1", photo)
+    assert code == 0, out
+    ident = json.loads(out)["identities"][0]
+    yaw = ident["photos"][0]["yaw"]
+    assert isinstance(yaw, float) and abs(yaw) < 15  # a frontal portrait
+    assert ident["only_frontal"] is True and "only frontal" in ident["pose_warning"]
+    code, out = _run("gallery", "enroll", "--db", str(tmp_path / "p.db"), "--label", "Obama",
+                     "--dry-run", "--threads", "1", photo)
+    assert code == 0, out
+    assert "yaw " in out and "warning: only frontal photos" in out

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +58,10 @@ from tests.integration.service_support import (
     require_embedder_template,
     service_config,
 )
+
+#: ``[decision] template`` of the run: ``best`` (the default), or ``mean`` with
+#: FACEGATE_E2E_TEMPLATE=mean (needs the template calibration table in the model cache).
+TEMPLATE_MODE = os.environ.get("FACEGATE_E2E_TEMPLATE", "best")
 
 #: Frames where each enrolled person's face is on screen (from the clip; generous at
 #: the cuts). Lin: on stage far away (0-20), close up (80-212). Alex: at the piano and
@@ -92,7 +97,7 @@ def run(datasets: Path, tmp_path_factory: pytest.TempPathFactory,
         tmp_path, broker.url,
         [clip_camera(datasets), {"type": "video", "camera_id": "back",
                                  "path": str(tmp_path / "no-such-clip.mp4")}],
-        gallery, decision={"report_unknown_tracks": True},
+        gallery, decision={"report_unknown_tracks": True, "template": TEMPLATE_MODE},
     )
     config.state_dir.mkdir(parents=True)
     log_file = config.state_dir / "service.log"  # the service's log, scanned below
@@ -159,7 +164,9 @@ def test_hamilton_clip_end_to_end(run: dict[str, Any]) -> None:
     _, records = read_records(config.audit_path)
     decided = [r.payload_obj() for r in records if r.kind == AuditKind.MATCH_DECISION.value]
     assert sorted(str(r["event_id"]) for r in decided) == sorted(m["event_id"] for m in matches)
-    assert all(r["threshold"] == config.gallery.threshold for r in decided)
+    expected = (config.gallery.threshold if TEMPLATE_MODE == "best"
+                else config.match_threshold(run["embedder"].model_id).value)
+    assert all(r["threshold"] == expected for r in decided)
     assert all(r["gallery_version"] == 1 for r in decided)
     assert verify(config.audit_path).ok
 

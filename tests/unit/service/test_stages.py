@@ -216,3 +216,27 @@ def test_a_new_best_face_is_embedded_only_when_clearly_better(gallery: LiveGalle
         counts[gain] = len(embedder.calls)
     assert counts[1.0] == 3  # the confirmation's three votes; nothing beats them by 1
     assert counts[0.0] > counts[0.1] > counts[1.0]
+
+
+def test_template_mode_searches_the_mean_of_the_best_n_once_per_track(
+    gallery: LiveGallery,
+) -> None:
+    """[decision] template = "mean": one search per track once it has n faces, one
+    announcement per enrolled person, none for the stranger."""
+    embedder = FakeEmbedder()
+    script = dict.fromkeys(range(12), ("A", "B", "C"))
+    processor = FrameProcessor(
+        ScriptedDetector(script), embedder, gallery, threshold=0.9,  # type: ignore[arg-type]
+        tracking=TrackerConfig(min_hits=3, max_age=2, best_faces=3),
+        decision=DecisionConfig(k=2, n=3, template="mean", report_unknown_tracks=True),
+        max_embeddings_per_track=5,
+    )
+    outcomes = _run(processor, frames=12)
+    matches = [o for o in outcomes if isinstance(o, Match)]
+    assert sorted(m.announce.identity_id for m in matches) == ["id-a", "id-b"]
+    assert all(m.announce.votes == 1 and m.announce.similarity == pytest.approx(1.0)
+               for m in matches)
+    assert not any(isinstance(o, Match) and o.announce.identity_id not in ("id-a", "id-b")
+                   for o in outcomes)
+    # The template dies with its track.
+    assert all(not cam.tracks for cam in processor._cameras.values())
