@@ -204,12 +204,15 @@ class PartialPayload:
 def copy_file(source: Path, part: PartialPayload) -> Path:
     """Copy a payload file (offline delivery) through the caps and checks.
 
-    The file's size is compared with the manifest before a byte is read.
+    The file's size is compared with the manifest before a byte is read. Unlike a
+    download, a file on disk is all there is: one shorter than stated is not the
+    payload the manifest signed (a truncated copy, or another bundle's), so it is
+    refused like one whose bytes differ.
 
     Raises:
         SyncRefusedError: ``too_large`` when the file is longer than stated,
-            ``hash_mismatch`` when its content differs.
-        SyncError: The file is shorter than stated or unreadable.
+            ``hash_mismatch`` when it is shorter or its content differs.
+        SyncError: The file is unreadable.
     """
     try:
         size = source.stat().st_size
@@ -218,6 +221,10 @@ def copy_file(source: Path, part: PartialPayload) -> Path:
     if size > part.info.length:
         raise SyncRefusedError(Reason.TOO_LARGE, f"payload file is {size} bytes; the manifest "
                                f"states {part.info.length}")
+    if size < part.info.length:
+        raise SyncRefusedError(Reason.HASH_MISMATCH, f"payload file is {size} bytes; the "
+                               f"manifest states {part.info.length}: not the payload it "
+                               "signed (a truncated copy, or another bundle's)")
     offset = part.resume()
     try:
         with source.open("rb") as fh:

@@ -257,6 +257,15 @@ def test_payload_whose_hash_differs(unit: Unit) -> None:
     assert "not the one the manifest signed" in state["message"]
 
 
+def test_a_shorter_payload_file_is_refused_not_retried(unit: Unit) -> None:
+    unit.world.edit()
+    v3 = unit.world.bundle(3)
+    data = (v3.directory / "payload").read_bytes()
+    (v3.directory / "payload").write_bytes(data[:-1])  # a truncated copy on the stick
+    state = unit.assert_refused(unit.apply(v3.directory), "hash_mismatch")
+    assert "truncated copy" in state["message"]
+
+
 def test_payload_of_another_bundle_mix_and_match(unit: Unit) -> None:
     unit.world.edit()
     v3 = unit.world.bundle(3)
