@@ -14,7 +14,7 @@ from device.sync.config import SyncConfig
 from device.sync.manifest import parse_manifest, parse_time
 from device.sync.reasons import Reason, SyncRefusedError
 from tests.fuzz.targets._world import build
-from tests.integration.sync_support import UNIT
+from tests.support.sync import UNIT
 
 
 def test_sync_agent_ignores_a_topic_that_is_not_utf8(tmp_path: Path) -> None:

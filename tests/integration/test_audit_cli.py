@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 
 from device.audit import AuditLog, verify
 from device.cli import main
-from tests.audit_helpers import (
+from tests.support.audit import (
     CHAIN_LEN,
     COLUMNS,
     T0,

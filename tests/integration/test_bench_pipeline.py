@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from device.cli import main
 from device.lab.pipeline_bench import PipelineRun, report_rows, sample_indices, verdicts
 from device.service.stats import Percentiles
-from tests.integration.service_support import CLIP, CLIP_FRAMES, require_embedder_template
+from tests.support.service import CLIP, CLIP_FRAMES, require_embedder_template
 
 
 def test_sample_indices_spread_over_the_clip() -> None:

@@ -26,7 +26,7 @@ from device.service.thresholds import ThresholdPolicy, find_table, resolve_thres
 from device.vision.blazeface import BlazeFaceConfig, BlazeFaceDetector
 from device.vision.dlib_tflite import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
 from device.vision.stills import StillFaceFinder
-from tests.gallery_helpers import sha256_file
+from tests.support.gallery import sha256_file
 
 pytestmark = pytest.mark.dataset
 

@@ -28,10 +28,10 @@ from device.gallery.store import GalleryStore
 from device.ops.localbroker import LocalBroker
 from device.service.pipeline import RecognitionService
 from device.types import Embedding
-from tests.gallery_helpers import DIM, MODEL, Clock, FaceMaker, blob, enroll, raw_files
-from tests.integration.events_support import Collector
 from tests.integration.test_service_lifecycle import GatedDetector, TinyEmbedder, _frames
 from tests.integration.test_service_lifecycle import _config as service_config
+from tests.support.events import Collector
+from tests.support.gallery import DIM, MODEL, Clock, FaceMaker, blob, enroll, raw_files
 
 FACEGATE = str(Path(sys.executable).parent / "facegate")
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 
 from device.cli import main
 from device.gallery.store import GalleryStore
-from tests.gallery_helpers import DIM, MODEL, T0, Clock, FaceMaker, blob, enroll, raw_files, where
+from tests.support.gallery import DIM, MODEL, T0, Clock, FaceMaker, blob, enroll, raw_files, where
 
 
 def run(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:

@@ -19,7 +19,7 @@ from device.errors import GalleryError
 from device.gallery.integrity import GalleryDamagedError
 from device.gallery.store import GalleryStore
 from device.service.gallery import GalleryStatus, GalleryWatcher, open_gallery
-from tests.gallery_helpers import DIM, MODEL, Clock, FaceMaker, enroll
+from tests.support.gallery import DIM, MODEL, Clock, FaceMaker, enroll
 
 PAGE = 4096
 

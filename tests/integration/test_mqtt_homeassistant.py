@@ -12,7 +12,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from device.events.config import MqttConfig
 from device.events.mqtt import ConnectionState, Publisher
 from device.ops.localbroker import LocalBroker
-from tests.integration.events_support import Collector, make_event
+from tests.support.events import Collector, make_event
 
 CAMERAS = ("front", "back")
 

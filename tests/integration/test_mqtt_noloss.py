@@ -20,7 +20,7 @@ from device.events.config import MqttConfig
 from device.events.mqtt import ConnectionState, Publisher
 from device.events.outbox import Outbox
 from device.ops.localbroker import LocalBroker
-from tests.integration.events_support import Child, Collector, event_id_for, make_event
+from tests.support.events import Child, Collector, event_id_for, make_event
 
 UNIT = "unit-1"
 

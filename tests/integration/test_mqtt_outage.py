@@ -23,8 +23,8 @@ from device.service.health import format_status
 from device.service.pipeline import RecognitionService
 from device.sync.agent import SyncAgent
 from device.sync.config import SyncConfig
-from tests.integration.sync_support import NOW, UNIT, World
 from tests.integration.test_service_lifecycle import GatedDetector, TinyEmbedder, _config, _frames
+from tests.support.sync import NOW, UNIT, World
 
 CLIENT_LOG = "device.events.client"
 WAIT = 30.0

@@ -25,8 +25,8 @@ from device.events.topics import ha_birth_topic, manifest_topic
 from device.ops.localbroker import LocalBroker
 from device.sync.agent import SyncAgent
 from device.sync.config import SyncConfig
-from tests.integration.sync_support import NOW, UNIT, World
 from tests.integration.test_mqtt_outage import WAIT, LogWatch, logs
+from tests.support.sync import NOW, UNIT, World
 
 __all__ = ["logs"]  # the fixture, imported for its use below
 

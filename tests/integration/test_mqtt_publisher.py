@@ -17,7 +17,7 @@ from device.events.mqtt import ConnectionState, Publisher, PublisherStatus, heal
 from device.events.outbox import Outbox
 from device.events.schema import GALLERY_STATE_SCHEMA, format_timestamp
 from device.ops.localbroker import BrokerUser, LocalBroker
-from tests.integration.events_support import Child, Collector, make_event
+from tests.support.events import Child, Collector, make_event
 
 UNIT = "unit-1"
 STATUS = f"facegate/{UNIT}/status"

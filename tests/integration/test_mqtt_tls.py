@@ -14,7 +14,7 @@ from device.errors import ConfigError
 from device.events.config import MqttConfig
 from device.events.mqtt import ConnectionState, Publisher
 from device.ops.localbroker import BrokerTLS, BrokerUser, LocalBroker
-from tests.integration.events_support import Collector, Pki, make_event, make_pki
+from tests.support.events import Collector, Pki, make_event, make_pki
 
 USER = BrokerUser("unit-1", "tls-s3cret")
 

@@ -11,7 +11,7 @@ import pytest
 
 from device.errors import PublishError
 from device.events.outbox import SCHEMA_VERSION, Outbox
-from tests.integration.events_support import Child
+from tests.support.events import Child
 
 TOPIC = "facegate/unit-1/front/match"
 

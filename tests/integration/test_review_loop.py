@@ -27,7 +27,7 @@ from device.events.topics import Topics
 from device.ops.localbroker import LocalBroker
 from device.service.review import ReviewConfig, ReviewInbox, load_inbox
 from device.sync.keys import generate_key, load_private_key
-from tests.integration.events_support import Collector, Received
+from tests.support.events import Collector, Received
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = "unit-1"

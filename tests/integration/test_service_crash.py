@@ -2,7 +2,7 @@
 ``pending/`` between the journal and the outbox, then restarted.
 
 A real ``facegate run`` child replays the Hamilton clip against a real mosquitto; a
-checkpoint hook (``$FACEGATE_CHECKPOINT_HOOK``, see ``crash_hook.py``) SIGKILLs it at
+checkpoint hook (``$FACEGATE_CHECKPOINT_HOOK``, see ``tests/support/crash_hook.py``) SIGKILLs it at
 the first match's named step. Three kills in a row, each run recovering what the
 previous one left, then one run to the end of the clip:
 
@@ -33,8 +33,8 @@ from device.events.outbox import Outbox
 from device.ops.localbroker import LocalBroker
 from device.service.pipeline import build_embedder
 from device.vision.blazeface import BlazeFaceDetector
-from tests.integration.events_support import Collector
-from tests.integration.service_support import (
+from tests.support.events import Collector
+from tests.support.service import (
     CLIP,
     THRESHOLD,
     THRESHOLD_FMR,
@@ -147,7 +147,7 @@ def test_a_decision_killed_in_pending_is_delivered_and_counted_once(
                                          fmr=THRESHOLD_FMR))
     log = state / "service.log"
     outbox = config.mqtt.outbox_path
-    hook = {HOOK_ENV: "tests.integration.crash_hook:kill"}
+    hook = {HOOK_ENV: "tests.support.crash_hook:kill"}
 
     # 1. Killed before the audit record: only the journal holds the decision.
     proc = _run(config_path, log, **hook, FACEGATE_KILL_AT="sink.audit")

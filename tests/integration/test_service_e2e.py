@@ -45,8 +45,8 @@ from device.events.schema import MATCH_SCHEMA, TRACK_END_SCHEMA, validate
 from device.ops.localbroker import LocalBroker
 from device.service.pipeline import RecognitionService, build_detector, build_embedder
 from device.vision.blazeface import BlazeFaceDetector
-from tests.integration.events_support import Collector
-from tests.integration.service_support import (
+from tests.support.events import Collector
+from tests.support.service import (
     CLIP_FRAMES,
     PEOPLE,
     RecordingEmbedder,

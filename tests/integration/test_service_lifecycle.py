@@ -198,7 +198,7 @@ def test_a_gallery_written_while_running_is_picked_up(
 ) -> None:
     from device.gallery.records import NewFace, NewIdentity
     from device.gallery.store import GalleryStore
-    from tests.integration.events_support import Collector
+    from tests.support.events import Collector
 
     config = _config(tmp_path, broker.url, _frames(tmp_path / "frames", 1000))
     with Collector(broker.host, broker.port, ["facegate/unit-1/+/match"]) as collector:

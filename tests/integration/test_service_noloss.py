@@ -31,8 +31,8 @@ from device.events.outbox import Outbox
 from device.ops.localbroker import LocalBroker
 from device.service.pipeline import build_embedder
 from device.vision.blazeface import BlazeFaceDetector
-from tests.integration.events_support import Collector
-from tests.integration.service_support import (
+from tests.support.events import Collector
+from tests.support.service import (
     CLIP,
     THRESHOLD,
     THRESHOLD_FMR,

@@ -27,8 +27,8 @@ from device.ops.localbroker import LocalBroker
 from device.service.config import FacegateConfig
 from device.service.pipeline import RecognitionService
 from device.types import Embedding
-from tests.integration.events_support import Collector
 from tests.integration.test_service_lifecycle import GatedDetector, TinyEmbedder, _config, _frames
+from tests.support.events import Collector
 
 
 def _with(config: FacegateConfig, **sections: dict[str, Any]) -> FacegateConfig:

@@ -20,8 +20,8 @@ from device.ops.localbroker import LocalBroker
 from device.sync.agent import AgentStats, SyncAgent
 from device.sync.config import SyncConfig
 from device.sync.mqtt import BrokerLogin, chunk_topic, manifest_topic, publish_bundle
-from tests.gallery_helpers import T0
-from tests.integration.sync_support import (
+from tests.support.gallery import T0
+from tests.support.sync import (
     NOW,
     UNIT,
     Served,

@@ -31,8 +31,8 @@ from device.sync.bundle import BuiltBundle
 from device.sync.manifest import MAX_MANIFEST_BYTES, Manifest
 from device.sync.state import GalleryState
 from device.sync.transport import PartialPayload
-from tests.gallery_helpers import T0
-from tests.integration.sync_support import (
+from tests.support.gallery import T0
+from tests.support.sync import (
     NOW,
     UNIT,
     Served,

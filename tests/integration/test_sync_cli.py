@@ -18,8 +18,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from device.cli import main
 from device.ops.localbroker import LocalBroker
 from device.vision.dlib_tflite import DLIB_MODEL_ID
-from tests.gallery_helpers import DIM, MODEL
-from tests.integration.sync_support import World
+from tests.support.gallery import DIM, MODEL
+from tests.support.sync import World
 
 
 def run(*args: str) -> Result:

@@ -7,7 +7,7 @@ and renamed, the symlink made and renamed, the state file written …). For each
 checkpoint *i* a process runs the apply and SIGKILLs itself at *i*; start-up
 recovery then runs in another process, the invariant is checked, and the bundle is
 applied again to show the unit is never stuck. The kills run in forked children of
-a kill server (``sync_support serve``) that imported everything once.
+a kill server (``tests.support.sync serve``) that imported everything once.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.sync_support import (
+from tests.support.sync import (
     REPO,
     World,
     gallery_content,
@@ -71,7 +71,7 @@ class KillServers:
     """A few kill servers; commands are spread over them and answered in order."""
 
     def __init__(self, n: int) -> None:
-        self.procs = [subprocess.Popen([sys.executable, "-m", "tests.integration.sync_support",
+        self.procs = [subprocess.Popen([sys.executable, "-m", "tests.support.sync",
                                         "serve"], cwd=REPO, stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, text=True) for _ in range(n)]
 

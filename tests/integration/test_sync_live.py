@@ -13,8 +13,8 @@ from device.gallery.live import LiveGallery
 from device.gallery.search.index import Hit
 from device.gallery.store import GalleryStore
 from device.sync.apply import GallerySync, SyncPolicy
-from tests.gallery_helpers import DIM, MODEL
-from tests.integration.sync_support import NOW, UNIT, World
+from tests.support.gallery import DIM, MODEL
+from tests.support.sync import NOW, UNIT, World
 
 
 def first_face(db: Path, label: str) -> tuple[str, np.ndarray]:

@@ -21,8 +21,8 @@ from device.sync.apply import GallerySync, SyncPolicy
 from device.sync.bundle import BuiltBundle, build_bundle
 from device.sync.keys import TrustedKeys, key_id
 from device.sync.manifest import canonical_json
-from tests.gallery_helpers import DIM, MODEL, T0, FaceMaker, enroll
-from tests.integration.sync_support import NOW, UNIT, signing_key
+from tests.support.gallery import DIM, MODEL, T0, FaceMaker, enroll
+from tests.support.sync import NOW, UNIT, signing_key
 
 CHUNK = 1024
 

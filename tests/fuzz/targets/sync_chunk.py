@@ -26,7 +26,7 @@ def prepare(workdir: Path) -> Harness:
     from device.sync.manifest import parse_manifest
     from device.sync.mqtt import chunk_topic, gallery_base, manifest_topic
     from tests.fuzz.targets._world import build
-    from tests.integration.sync_support import UNIT
+    from tests.support.sync import UNIT
 
     bundles = build(workdir / "world")
     agent = SyncAgent(bundles.sync(), MqttConfig(unit_id=UNIT,

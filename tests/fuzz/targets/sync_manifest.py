@@ -26,7 +26,7 @@ def prepare(workdir: Path) -> Harness:
     from device.sync.config import SyncConfig
     from device.sync.mqtt import manifest_topic
     from tests.fuzz.targets._world import build, resign
-    from tests.integration.sync_support import UNIT
+    from tests.support.sync import UNIT
 
     bundles = build(workdir / "world")
     agent = SyncAgent(bundles.sync(), MqttConfig(unit_id=UNIT,

@@ -58,7 +58,7 @@ def prepare(workdir: Path) -> Harness:
     from device.sync.reasons import SyncRefusedError
     from device.sync.transport import copy_file
     from tests.fuzz.targets._world import CHUNK, build
-    from tests.gallery_helpers import DIM, MODEL, T0
+    from tests.support.gallery import DIM, MODEL, T0
 
     bundles = build(workdir / "world")
     sync = bundles.sync()

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.console_helpers import pg_missing, postgres_cluster
+from tests.support.console import pg_missing, postgres_cluster
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from device.events.review import parse_verdict
 from device.events.schema import format_timestamp
 from device.ops.localbroker import free_port
 from device.sync.keys import load_public_key
-from tests.console_helpers import audit_head_payload, gallery_payload, health_payload, match_payload
+from tests.support.console import audit_head_payload, gallery_payload, health_payload, match_payload
 
 REPO = Path(__file__).resolve().parents[3]
 CHROMIUM = Path("/usr/bin/chromium")

@@ -9,7 +9,7 @@ import time
 from device.console.ingest import Subscriber, Subscriptions
 from device.console.store import EventFilter, open_store
 from device.events.client import BrokerLogin, make_client
-from tests.console_helpers import create_database, health_payload, match_payload
+from tests.support.console import create_database, health_payload, match_payload
 
 EVENTS = 300
 

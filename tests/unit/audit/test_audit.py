@@ -30,7 +30,7 @@ from device.audit import (
 )
 from device.audit.record import canonical_json, format_ts
 from device.errors import AuditError
-from tests.audit_helpers import (
+from tests.support.audit import (
     CHAIN_LEN,
     COLUMNS,
     T0,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.console_helpers import create_database, pg_missing, postgres_cluster
+from tests.support.console import create_database, pg_missing, postgres_cluster
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 from device.console.ingest import Subscriptions, handle
 from device.console.store import open_store
 from device.errors import DeviceError
-from tests.console_helpers import health_payload, match_payload
+from tests.support.console import health_payload, match_payload
 
 
 @pytest.fixture()

@@ -12,7 +12,7 @@ from alembic.migration import MigrationContext
 from device.console.ingest import handle
 from device.console.store import EventFilter, open_store
 from device.console.tables import metadata
-from tests.console_helpers import (
+from tests.support.console import (
     audit_head_payload,
     gallery_payload,
     health_payload,

@@ -21,7 +21,7 @@ from device.errors import ConfigError
 from device.events.review import parse_verdict
 from device.privacy import check_payload
 from device.sync.keys import load_public_key
-from tests.console_helpers import (
+from tests.support.console import (
     audit_head_payload,
     gallery_payload,
     health_payload,

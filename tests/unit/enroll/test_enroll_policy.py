@@ -30,7 +30,7 @@ from device.errors import EnrollmentError
 from device.gallery.records import NewFace, NewIdentity
 from device.gallery.store import GalleryStore
 from device.types import Embedding
-from tests.gallery_helpers import DIM, MODEL, FaceMaker, sha256_file
+from tests.support.gallery import DIM, MODEL, FaceMaker, sha256_file
 
 
 def _good(maker: FaceMaker, name: str) -> ExaminedPhoto:

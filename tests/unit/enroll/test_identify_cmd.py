@@ -12,7 +12,7 @@ from device.cli import main
 from device.gallery.store import GalleryStore
 from device.lab.calibration import build_table, save_table
 from device.service.thresholds import table_path
-from tests.gallery_helpers import DIM, MODEL
+from tests.support.gallery import DIM, MODEL
 
 
 def _unit(tmp_path: Path) -> tuple[Path, dict[str, str]]:

@@ -21,7 +21,7 @@ from device.service.thresholds import (
     ThresholdPolicy,
     resolve_threshold,
 )
-from tests.gallery_helpers import DIM, MODEL, FaceMaker
+from tests.support.gallery import DIM, MODEL, FaceMaker
 
 FACES_PER_IDENTITY = 4
 IDENTITIES = 25

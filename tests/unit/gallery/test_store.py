@@ -28,7 +28,7 @@ from device.gallery.store import (
     integrity_check,
 )
 from device.types import Embedding
-from tests.gallery_helpers import (
+from tests.support.gallery import (
     DIM,
     MODEL,
     T0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from device.gallery.store import GalleryStore, NewIdentity
-from tests.gallery_helpers import DIM, MODEL, FaceMaker
+from tests.support.gallery import DIM, MODEL, FaceMaker
 
 
 def test_find_images(tmp_path: Path) -> None:

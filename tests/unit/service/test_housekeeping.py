@@ -15,7 +15,7 @@ from device.gallery.store import GalleryStore
 from device.service.gallery import GalleryWatcher, open_gallery
 from device.service.housekeeping import Housekeeping
 from device.service.retention import RetentionConfig, RetentionJob
-from tests.gallery_helpers import DIM, MODEL, T0, FaceMaker, enroll
+from tests.support.gallery import DIM, MODEL, T0, FaceMaker, enroll
 
 
 class StateRecorder:

@@ -15,7 +15,7 @@ from device.audit import AuditConfig, AuditKind, AuditLog, read_records, verify
 from device.events.outbox import Outbox
 from device.gallery.store import GalleryStore
 from device.service.retention import RetentionConfig, RetentionJob, allowed_purge
-from tests.gallery_helpers import DIM, MODEL, T0, Clock, FaceMaker, blob, enroll, raw_files
+from tests.support.gallery import DIM, MODEL, T0, Clock, FaceMaker, blob, enroll, raw_files
 
 DAY = 86400.0
 

@@ -244,7 +244,7 @@ def test_identify_and_the_service_agree_on_threshold_and_decision(
     from device.enroll.identify import GallerySearcher
     from device.gallery.records import NewIdentity
     from device.gallery.store import GalleryStore
-    from tests.gallery_helpers import DIM, FaceMaker
+    from tests.support.gallery import DIM, FaceMaker
 
     service = _service_config(tmp_path, model_cache, gallery).match_threshold(MODEL)
     ident = load_threshold(MODEL, _identify_policy(options))

@@ -1,7 +1,7 @@
 """Helpers for the gallery sync tests: a seeded world of keys, galleries and bundles,
 a state-topic watcher, a local HTTP server, and a child process to SIGKILL.
 
-Run as ``python -m tests.integration.sync_support MODE ...`` from the repository root:
+Run as ``python -m tests.support.sync MODE ...`` from the repository root:
 
 * ``apply UNIT_DB BUNDLE_DIR KILL_AT``: recover, then apply the bundle with a
   checkpoint hook that SIGKILLs the process at the KILL_AT-th checkpoint (0-based);
@@ -41,7 +41,7 @@ from device.sync.bundle import BuiltBundle, build_bundle
 from device.sync.keys import TrustedKeys
 from device.sync.layout import GalleryLayout
 from device.sync.state import GalleryState
-from tests.gallery_helpers import DIM, MODEL, T0, FaceMaker, enroll
+from tests.support.gallery import DIM, MODEL, T0, FaceMaker, enroll
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = "unit-7"
@@ -254,7 +254,7 @@ def http_server(served: Served) -> Iterator[str]:
 
 
 def run_child(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tests.integration.sync_support", *args],
+    return subprocess.run([sys.executable, "-m", "tests.support.sync", *args],
                           cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 

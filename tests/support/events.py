@@ -1,6 +1,6 @@
 """Helpers for the event-layer tests: child processes to SIGKILL, and a subscriber.
 
-Run as ``python -m tests.integration.events_support MODE ...`` from the repository
+Run as ``python -m tests.support.events MODE ...`` from the repository
 root to get a child process:
 
 * ``outbox-writer PATH START COUNT``: puts COUNT rows, printing ``committed <id>``
@@ -71,7 +71,7 @@ class Child:
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.events_support", *args],
+            [sys.executable, "-m", "tests.support.events", *args],
             cwd=REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -1,7 +1,7 @@
 """A checkpoint hook that SIGKILLs a whole ``facegate run`` child at a named step.
 
 Loaded by :func:`device.checkpoint.checkpoint_from_env` when a test starts the child
-with ``FACEGATE_CHECKPOINT_HOOK=tests.integration.crash_hook:kill``:
+with ``FACEGATE_CHECKPOINT_HOOK=tests.support.crash_hook:kill``:
 
 * ``FACEGATE_KILL_AT``: the checkpoint name (``sink.audit``, ``sink.outbox``, ...);
   the process kills itself the first time it reaches it.
