@@ -61,3 +61,15 @@ def small_fs(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():  # type: ignore[no-untyped-def]
+    """A throwaway PostgreSQL cluster on a free 127.0.0.1 port, for the whole session."""
+    from tests.support.console import pg_missing, postgres_cluster
+
+    reason = pg_missing()
+    if reason:
+        pytest.skip(reason)
+    with postgres_cluster() as base:
+        yield base

@@ -1,22 +1,12 @@
-"""Store fixtures: a SQLite file and a real PostgreSQL cluster (skipped when absent)."""
+"""Store fixture: a SQLite file or a database in the session's PostgreSQL cluster."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.console import create_database, pg_missing, postgres_cluster
-
-
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[str]:
-    reason = pg_missing()
-    if reason:
-        pytest.skip(reason)
-    with postgres_cluster() as base:
-        yield base
+from tests.support.console import create_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
