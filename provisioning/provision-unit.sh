@@ -204,7 +204,10 @@ helper_python() {
     printf '%s' python3
   fi
 }
-provision_py() { "$(helper_python)" -m device.ops.provision "$@"; }
+# The helper always runs this source tree's code (with the venv's dependencies): on a
+# re-run with a newer tree the installed facegate is the old one until step 3, and
+# would not know the new options.
+provision_py() { PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$(helper_python)" -m device.ops.provision "$@"; }
 
 # ------------------------------------------------------------------ checks first
 # The unit's config (step 6), from the options.
