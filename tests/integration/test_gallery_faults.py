@@ -3,14 +3,12 @@ read-only verbs never modify them, and biometric files are 0600 whatever the uma
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -20,8 +18,7 @@ from device.gallery.integrity import GalleryDamagedError
 from device.gallery.store import GalleryStore
 from device.service.gallery import GalleryStatus, GalleryWatcher, open_gallery
 from tests.gallery_helpers import DIM, MODEL, Clock, FaceMaker, enroll
-
-PAGE = 4096
+from tests.integration.gallery_damage import DAMAGE, PAGE, fingerprint, zero_bytes
 
 
 @pytest.fixture(autouse=True)
@@ -43,31 +40,6 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return db, first
 
 
-def _page(seek: int | None) -> Callable[[Path], None]:
-    def damage(path: Path) -> None:
-        pages = path.stat().st_size // PAGE
-        at = pages - 1 if seek is None else seek
-        noise = np.random.default_rng(1600 + at).bytes(PAGE)
-        with path.open("r+b") as fh:
-            fh.seek(at * PAGE)
-            fh.write(noise)
-    return damage
-
-
-def _truncate(path: Path) -> None:
-    os.truncate(path, (path.stat().st_size // PAGE // 2) * PAGE)
-
-
-def _zero(path: Path) -> None:
-    os.truncate(path, 0)
-
-
-DAMAGE: dict[str, Callable[[Path], None]] = {
-    "page-1": _page(1), "page-4": _page(4), "last-page": _page(None),
-    "truncated": _truncate, "zero-bytes": _zero,
-}
-
-
 @pytest.fixture(params=sorted(DAMAGE))
 def broken(request: pytest.FixtureRequest, pristine: tuple[Path, str],
            tmp_path: Path) -> Iterator[tuple[Path, str, str]]:
@@ -76,11 +48,6 @@ def broken(request: pytest.FixtureRequest, pristine: tuple[Path, str],
     shutil.copyfile(src, db)
     DAMAGE[request.param](db)
     yield db, ident, request.param
-
-
-def _fingerprint(path: Path) -> tuple[int, str]:
-    data = path.read_bytes()
-    return len(data), hashlib.sha256(data).hexdigest()
 
 
 def _verbs(db: Path, ident: str, photo: Path, root: Path) -> dict[str, list[str]]:
@@ -108,7 +75,7 @@ def test_every_verb_refuses_a_damaged_gallery_and_leaves_it_unchanged(
     root = tmp_path / "people"
     (root / "Someone").mkdir(parents=True)
     shutil.copyfile(photo, root / "Someone" / "a.jpg")
-    before = _fingerprint(db)
+    before = fingerprint(db)
     result = CliRunner().invoke(main, _verbs(db, ident, photo, root)[verb])
     assert result.exit_code == 2, (kind, verb, result.output)
     assert str(db) in result.output, result.output
@@ -117,7 +84,7 @@ def test_every_verb_refuses_a_damaged_gallery_and_leaves_it_unchanged(
     else:
         assert "is damaged and was not used" in result.output, result.output
         assert "Recovery: restore it from a backup" in result.output
-    assert _fingerprint(db) == before, f"{verb} modified a {kind} gallery"
+    assert fingerprint(db) == before, f"{verb} modified a {kind} gallery"
 
 
 @pytest.mark.parametrize("verb", ["list", "info", "show", "check", "identify"])
@@ -127,15 +94,15 @@ def test_read_only_verbs_never_modify_a_good_gallery(
     shutil.copyfile(pristine[0], db)
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(b"x")
-    before = _fingerprint(db)
+    before = fingerprint(db)
     CliRunner().invoke(main, _verbs(db, pristine[1], photo, tmp_path)[verb])
-    assert _fingerprint(db) == before
+    assert fingerprint(db) == before
 
 
 def test_the_service_refuses_a_damaged_gallery_and_says_why(
         broken: tuple[Path, str, str]) -> None:
     db, _, kind = broken
-    before = _fingerprint(db)
+    before = fingerprint(db)
     status = GalleryStatus(db)
     live = open_gallery(db, model_id=MODEL, dim=DIM, status=status)
     with live:
@@ -146,7 +113,7 @@ def test_the_service_refuses_a_damaged_gallery_and_says_why(
     assert str(db) in error and "Recovery:" in error and len(error) <= 500
     with pytest.raises(GalleryDamagedError, match="is damaged and was not used"):
         open_gallery(db, model_id=MODEL, dim=DIM)  # without a status: raised
-    assert _fingerprint(db) == before
+    assert fingerprint(db) == before
 
 
 def test_the_service_starts_without_a_gallery_only_when_none_exists(tmp_path: Path) -> None:
@@ -173,7 +140,7 @@ def test_watcher_warns_once_per_condition_and_informs_once_on_recovery(
     watcher = GalleryWatcher(live, db, model_id=MODEL, dim=DIM, status=status)
     good = db.read_bytes()
     caplog.set_level(logging.DEBUG, logger="device.service.gallery")
-    _zero(db)
+    zero_bytes(db)
     for _ in range(5):
         assert not watcher.check()
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
