@@ -28,7 +28,8 @@ def run_command(config_path: Path, check: bool) -> None:
     Cameras → bounded queue → detect → quality → track → embed → search → decision
     → audit + outbox → MQTT. Tells systemd READY=1 once running and pings its
     watchdog from the frame loop. Exits 0 after a signal or when every camera ended,
-    1 when the service stopped on an error (every camera failed, a worker crashed).
+    1 when the service stopped on an error (every camera failed, a worker crashed) or
+    the cameras ended while the gallery was refused (damaged or empty: nothing matched).
     """
     config, digest = load_config(config_path)
     if check:
@@ -50,11 +51,17 @@ def run_command(config_path: Path, check: bool) -> None:
     signal.signal(signal.SIGINT, on_signal)
     with service:
         reason = service.run()
-        dropped = drop_report(config, service.health()["pipeline"])
+        health = service.health()
+        dropped = drop_report(config, health["pipeline"])
     click.echo(f"stopped: {reason}", err=True)
     for line in dropped:
         click.echo(line, err=True)
-    if reason.startswith(("error", "every camera stopped")):
+    refused = health["gallery"]["state"] == "refused"
+    if refused:
+        click.echo(f"no face was matched: the gallery was refused: {health['gallery']['error']}",
+                   err=True)
+    if reason.startswith(("error", "every camera stopped")) or (
+            refused and not reason.startswith("signal")):
         sys.exit(1)
 
 

@@ -29,7 +29,7 @@ from device.cli.common import (
     reported_here,
 )
 from device.cli.gallery_cmd import GALLERY_FILE, gallery_path
-from device.errors import ModelError, SyncError
+from device.errors import ModelError
 from device.events.config import read_secret
 from device.sync.apply import GallerySync, SyncPolicy, read_status
 from device.sync.bundle import DEFAULT_CHUNK_SIZE, build_bundle, sign_bundle
@@ -182,8 +182,10 @@ def apply(directory: Path, config_path: Path | None, db_path: Path | None, trust
         model_id = model_id or config.embedder.model
     path = gallery_path(path)
     announce_state_dir(path)
-    if model_id is None and GalleryLayout(path).live_target() is None:
-        model_id = DLIB_MODEL_ID  # the embedder `facegate run` uses by default
+    if model_id is None and not _live_readable(GalleryLayout(path)):
+        # No gallery, or a damaged one (which sync replaces): the embedder `facegate run`
+        # uses by default.
+        model_id = DLIB_MODEL_ID
     if model_id is not None and dim is None:
         # A model the manifest does not describe: the live gallery's dim, or --dim.
         with contextlib.suppress(ModelError):
@@ -211,24 +213,42 @@ def apply(directory: Path, config_path: Path | None, db_path: Path | None, trust
         sys.exit(EXIT_ERROR)
 
 
+def _live_readable(layout: GalleryLayout) -> bool:
+    """Whether a live gallery exists and its metadata (model, dimension) can be read."""
+    if layout.live_target() is None:
+        return False
+    try:
+        return layout.live_info() is not None
+    except OSError:
+        return False
+
+
 @sync_group.command("status")
 @db_option
 @json_option
 @handle_errors
 def status(db_path: Path | None, as_json: bool) -> None:
-    """The live gallery's version and the last sync outcome."""
+    """The live gallery's version and the last sync outcome.
+
+    Exits 2 when the live gallery exists but is damaged or unreadable (the state
+    then says why, and the floor a replacing bundle's version must exceed).
+    """
     layout = GalleryLayout(gallery_path(db_path))
     state = read_status(layout)
     floor = layout.read_record().floor
     try:
         live = layout.live_info()
-    except OSError as exc:
-        raise SyncError(str(exc)) from exc
+    except OSError:
+        live, unusable = None, True  # read_status put the reason in the state's message
+    else:
+        unusable = False
     expires = live.manifest.body()["expires"] if live and live.manifest else None
     if as_json:
         emit_json({**state.to_json(), "floor": floor, "expires": expires})
     else:
         _print_state(state, floor, expires)
+    if unusable:
+        sys.exit(EXIT_ERROR)
 
 
 def _print_state(state: GalleryState, floor: int, expires: object) -> None:

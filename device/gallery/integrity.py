@@ -37,9 +37,11 @@ def recovery_hint(path: Path) -> str:
     target = path.resolve()
     manifest = target.parent / "manifest.json"
     if manifest.is_file():  # a synced gallery: sync keeps the manifest it was built from
-        return (f"it was built by gallery sync from the bundle described by {manifest}: "
-                "re-sync (publish that bundle again as a newer version, or run facegate "
-                "sync apply on a copy of it), or restore the file from a backup")
+        # The unit never re-applies a version it has applied (its floor refuses it),
+        # so the recovery is the same gallery published again under a newer version.
+        return ("it came from gallery sync: re-sync, with a bundle of a newer version than "
+                "the unit's floor (see facegate sync status); the same bundle again is "
+                "refused as a rollback")
     return ("restore it from a backup or a facegate gallery export, or re-sync it; "
             "to start an empty gallery instead, move the file aside and enroll again")
 

@@ -212,7 +212,10 @@ class GalleryWatcher:
 
     def _failed(self, condition: str) -> None:
         if condition != self._condition:
-            logger.warning("gallery check failed (the gallery in use stays): %s", condition)
+            if self._status is not None and not self._status.matching:
+                logger.warning("gallery still refused (not matching): %s", condition)
+            else:
+                logger.warning("gallery check failed (the gallery in use stays): %s", condition)
             self._condition = condition
         else:
             logger.debug("gallery check still failing: %s", condition)

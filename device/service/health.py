@@ -136,6 +136,19 @@ def _num(value: Any, fmt: str = "{:.1f}", none: str = "-") -> str:
     return fmt.format(value)
 
 
+def _gallery_lines(gallery: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the gallery file, when something is (nothing when loaded)."""
+    state = gallery.get("state")
+    if state == "refused":
+        return [f"  gallery refused (not matching): {gallery.get('error') or '?'}"]
+    if state == "missing":
+        return [f"  gallery missing: no file at {gallery.get('path') or '?'}; every face is "
+                "unknown until one is enrolled or synced"]
+    if gallery.get("warning"):
+        return [f"  gallery warning: {gallery['warning']}"]
+    return []
+
+
 def format_status(health: Mapping[str, Any], *, now: float | None = None) -> str:
     """The health snapshot as text for a person (``facegate status``)."""
     now = time.time() if now is None else now
@@ -152,6 +165,7 @@ def format_status(health: Mapping[str, Any], *, now: float | None = None) -> str
         f"{_num(health.get('temperature_c'), '{:.1f} °C', 'n/a')}, gallery version "
         f"{_num(health.get('gallery_version'), '{}', 'none')}"
     )
+    lines += _gallery_lines(health.get("gallery") or {})
     pipeline = health.get("pipeline") or {}
     if pipeline:
         lines.append(

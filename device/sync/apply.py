@@ -200,7 +200,10 @@ class GallerySync:
         model = self.policy.model_id or (live.model_id if live else None)
         dim = self.policy.dim or (live.dim if live else None)
         if model is None or dim is None:
-            raise SyncError("the unit's model id and dimension are unknown (no gallery yet); "
+            unusable = self._unusable_live(live)
+            why = ("no gallery yet" if unusable is None else
+                   f"the live gallery {unusable} is damaged, so its model is unknown")
+            raise SyncError(f"the unit's model id and dimension are unknown ({why}); "
                             "configure them (--model-id/--dim)")
         return model, dim
 
@@ -257,10 +260,13 @@ class GallerySync:
         if manifest.kind == "delta" and (
                 live is None or live.gallery_id != manifest.gallery_id
                 or live.version != manifest.base_version):
-            have = "no gallery" if live is None else (
-                f"{live.gallery_id} version {live.version}")
+            unusable = self._unusable_live(live)
+            have = (f"the unit's gallery {unusable} is damaged and cannot be its base: send a "
+                    "full bundle" if unusable is not None else
+                    "the unit holds no gallery" if live is None else
+                    f"the unit holds {live.gallery_id} version {live.version}")
             raise SyncRefusedError(Reason.DELTA_BASE, f"the delta applies to {manifest.gallery_id} "
-                                   f"version {manifest.base_version}; the unit holds {have}")
+                                   f"version {manifest.base_version}; {have}")
 
     def examine(self, raw: bytes) -> Manifest | ApplyResult:
         """Check a received manifest; report it when it is refused or already live.
@@ -545,6 +551,10 @@ class GallerySync:
                 logger.warning("cannot remove %s: %s", path, exc)
 
     # ------------------------------------------------------------- reporting
+
+    def _unusable_live(self, live: LiveInfo | None) -> Path | None:
+        """The live gallery file when one exists but could not be read (else None)."""
+        return self.layout.live_target() if live is None else None
 
     def _safe_live(self) -> LiveInfo | None:
         try:

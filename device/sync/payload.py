@@ -76,7 +76,7 @@ def export_gallery(source: Path, into: Path) -> ExportFile:
         return read_export(source)
     with tempfile.TemporaryDirectory(dir=into, prefix=".export-") as tmp:
         out = Path(tmp) / "gallery.jsonl"
-        with GalleryStore(source) as store:
+        with GalleryStore(source, read_only=True) as store:  # never changes the source
             store.export(out)
         return read_export(out)
 
