@@ -314,6 +314,8 @@ def test_a_real_unit_in_the_console_from_match_to_audited_verdict(
             assert "untrusted key" in refused.text
             still = driver.find_element("css selector", f"#verdict-{lin['event_id']} .ack")
             assert "recorded in audit log" in still.text  # the replay hid nothing
+            # Refused, so the match waits for a verdict the unit will take.
+            _wait_text(driver, f"#queue-{alex['event_id']}", "alex-lacamoire")
             _shot(driver, tmp_path, "5-review-acked")
             reasons = [r["reason"] for r in _records(config.audit_path, "review_refused")]
             assert reasons == ["replayed", "untrusted_key"]
