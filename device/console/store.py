@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from device.console.tables import access_log, acks, events, metadata, units, users, verdicts
 from device.errors import ConfigError
+from device.storage import PRIVATE_FILE_MODE
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def make_engine(url: str) -> Engine:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists():
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE_MODE))
         except OSError as exc:
             raise ConfigError(f"cannot create the console store {path}: {exc}") from exc
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})

@@ -197,3 +197,24 @@ def test_unknown_config_keys_are_refused(tmp_path: Path) -> None:
     path.write_text('[web]\nport = 8080\nbogus = 1\n')
     with pytest.raises(ConfigError, match="bogus"):
         load_config(path)
+
+
+def test_the_store_and_the_session_secret_are_private_files(tmp_path: Path) -> None:
+    import stat
+
+    from device.console.serve import session_secret
+
+    config = ConsoleConfig.model_validate(
+        {"store": {"url": f"sqlite:///{tmp_path / 'console.sqlite3'}"}})
+    store = open_store(config.store.url)
+    try:
+        add_user(store, "rita", "reviewer", PASSWORD, tmp_path / "keys")  # writes the WAL
+        secret = session_secret(config)
+        assert session_secret(config) == secret and len(secret) >= 32  # a replica reads it
+        files = [tmp_path / "console.sqlite3", tmp_path / "console.sqlite3-wal",
+                 tmp_path / "console-session.secret",
+                 tmp_path / "keys" / "reviewer-rita.key"]
+        for path in files:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    finally:
+        store.close()
