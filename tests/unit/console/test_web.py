@@ -212,6 +212,7 @@ def test_the_store_and_the_session_secret_are_private_files(tmp_path: Path) -> N
         secret = session_secret(config)
         assert session_secret(config) == secret and len(secret) >= 32  # a replica reads it
         files = [tmp_path / "console.sqlite3", tmp_path / "console.sqlite3-wal",
+                 tmp_path / "console.sqlite3-shm",
                  tmp_path / "console-session.secret",
                  tmp_path / "keys" / "reviewer-rita.key"]
         for path in files:
