@@ -20,16 +20,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from device.service.thresholds import expected_fpir
+
 ALARM_P: Final = 0.01
-
-
-def predicted_fpir(fmr: float, identities: int) -> float:
-    """``1 - (1 - fmr)^identities``, computed without cancellation for small ``fmr``."""
-    if identities <= 0 or fmr <= 0.0:
-        return 0.0
-    if fmr >= 1.0:
-        return 1.0
-    return -math.expm1(identities * math.log1p(-fmr))
 
 
 def binomial_sf(k: int, n: int, p: float) -> float:
@@ -83,7 +76,7 @@ def _prediction(row: Mapping[str, Any]) -> float:
     identities = row.get("gallery_identities")
     if fmr is None or identities is None:
         return 0.0 if fmr is None else float(fmr)
-    return predicted_fpir(float(fmr), int(identities))
+    return expected_fpir(float(fmr), int(identities))
 
 
 def summarise(rows: Iterable[Mapping[str, Any]], by: str) -> list[Accuracy]:

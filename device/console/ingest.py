@@ -78,13 +78,7 @@ def _match_row(payload: dict[str, Any], store: Store, now: float) -> dict[str, A
 
 
 def _track_end_row(payload: dict[str, Any], now: float) -> dict[str, Any]:
-    validate(payload.get("schema", ""), payload)
-    event = TrackEndEvent(
-        unit=payload["unit"], camera=payload["camera"], track_id=payload["track_id"],
-        identity_id=payload["identity_id"], match_event_id=payload["match_event_id"],
-        first_seen=parse_timestamp(payload["first_seen"]),
-        last_seen=parse_timestamp(payload["last_seen"]), frames_seen=payload["frames_seen"],
-        ended_at=parse_timestamp(payload["ended_at"]), event_id=payload["event_id"])
+    event = TrackEndEvent.from_payload(payload)
     return {
         "event_id": event.event_id, "kind": "track_end", "unit": event.unit,
         "camera": event.camera, "identity_id": event.identity_id, "label": None,

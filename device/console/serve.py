@@ -13,6 +13,8 @@ from device.console.ingest import Subscriber, Subscriptions
 from device.console.store import SQLITE_PREFIX, Store, open_store
 from device.console.web import WebSettings, build_app
 from device.errors import ConfigError
+from device.events.config import read_secret
+from device.storage import PRIVATE_FILE_MODE
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +49,14 @@ def session_secret(config: ConsoleConfig) -> str:
     try:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_urlsafe(48) + "\n")
-        text = path.read_text().strip()
+    except FileExistsError:
+        pass  # another replica made it first
     except OSError as exc:
         raise ConfigError(f"session secret {path}: {exc}") from exc
+    text = read_secret(str(path), "session secret").strip()
     if len(text) < 32:
         raise ConfigError(f"session secret {path} is shorter than 32 characters")
     return text

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from device.console.tables import access_log, acks, events, metadata, units, users, verdicts
 from device.errors import ConfigError
+from device.storage import PRIVATE_FILE_MODE
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def make_engine(url: str) -> Engine:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists():
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE_MODE))
         except OSError as exc:
             raise ConfigError(f"cannot create the console store {path}: {exc}") from exc
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
@@ -83,6 +84,15 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def _standing_verdicts(*columns: Any) -> sa.Select[Any]:
+    """Verdicts the unit has not refused: recorded, or not acknowledged yet (an offline
+    unit gets it when it returns). A refused one (an untrusted key, say) leaves the
+    event in the queue and is not counted as a judgement."""
+    return (sa.select(*columns).select_from(verdicts)
+            .outerjoin(acks, acks.c.nonce == verdicts.c.nonce)
+            .where(sa.or_(acks.c.outcome.is_(None), acks.c.outcome != "refused")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,8 +272,8 @@ class Store:
             return tx.execute(statement).first() is not None
 
     def review_queue(self, limit: int = 200) -> list[dict[str, Any]]:
-        """Match events that ask for review and have no verdict yet, newest first."""
-        reviewed = sa.select(verdicts.c.event_id)
+        """Match events that ask for review and have no standing verdict, newest first."""
+        reviewed = _standing_verdicts(verdicts.c.event_id)
         statement = (sa.select(events).where(events.c.kind == "match",
                                              events.c.review_required.is_(True),
                                              events.c.event_id.not_in(reviewed))
@@ -284,15 +294,17 @@ class Store:
             return [dict(r) for r in connection.execute(statement).mappings()]
 
     def judged_matches(self) -> list[dict[str, Any]]:
-        """Each match's latest verdict beside what accuracy needs, oldest first."""
-        latest = (sa.select(verdicts.c.event_id, sa.func.max(verdicts.c.issued_at).label("t"))
-                  .group_by(verdicts.c.event_id).subquery())
+        """Each match's latest standing verdict beside what accuracy needs, oldest first."""
+        standing = _standing_verdicts(verdicts.c.event_id, verdicts.c.issued_at,
+                                      verdicts.c.verdict).subquery()
+        latest = (sa.select(standing.c.event_id, sa.func.max(standing.c.issued_at).label("t"))
+                  .group_by(standing.c.event_id).subquery())
         statement = (
             sa.select(events.c.unit, events.c.identity_id, events.c.false_match_rate,
-                      events.c.gallery_identities, events.c.occurred_at, verdicts.c.verdict)
+                      events.c.gallery_identities, events.c.occurred_at, standing.c.verdict)
             .join(latest, latest.c.event_id == events.c.event_id)
-            .join(verdicts, sa.and_(verdicts.c.event_id == latest.c.event_id,
-                                    verdicts.c.issued_at == latest.c.t))
+            .join(standing, sa.and_(standing.c.event_id == latest.c.event_id,
+                                    standing.c.issued_at == latest.c.t))
             .order_by(events.c.occurred_at))
         with self.engine.connect() as connection:
             return [dict(r) for r in connection.execute(statement).mappings()]

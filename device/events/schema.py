@@ -394,6 +394,26 @@ class TrackEndEvent(_CameraEvent):
     SCHEMA: ClassVar[str] = TRACK_END_SCHEMA
     KIND: ClassVar[str] = "track_end"
 
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> TrackEndEvent:
+        """Parse a received payload (a consumer's view).
+
+        Raises:
+            PublishError: The payload does not match ``facegate/track_end/1``.
+        """
+        if payload.get("schema") != TRACK_END_SCHEMA:
+            raise PublishError(
+                f"not a {TRACK_END_SCHEMA} payload: schema={payload.get('schema')!r}")
+        validate(TRACK_END_SCHEMA, payload)
+        return cls(
+            unit=payload["unit"], camera=payload["camera"], track_id=payload["track_id"],
+            identity_id=payload["identity_id"], match_event_id=payload["match_event_id"],
+            first_seen=parse_timestamp(payload["first_seen"]),
+            last_seen=parse_timestamp(payload["last_seen"]),
+            frames_seen=payload["frames_seen"], ended_at=parse_timestamp(payload["ended_at"]),
+            event_id=payload["event_id"],
+        )
+
     def _fields(self) -> dict[str, Any]:
         return {
             "match_event_id": self.match_event_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import tempfile
@@ -132,3 +133,79 @@ def audit_head_payload(unit: str = "unit-1", seq: int = 10) -> dict[str, Any]:
 
     return {"unit": unit, "log_id": "c0ffee" * 4, "seq": seq, "hash": f"{seq:064x}",
             "at": format_timestamp(time.time())}
+
+
+#: Every page the console serves to a logged-in admin (GET, no path parameters), and its
+#: static files; ``/live`` (an endless event stream) is read apart. A test checks this
+#: list against the app's routes, so a new page is scanned too.
+PAGES = ("/", "/login", "/fleet", "/events", "/review", "/accuracy", "/access",
+         "/static/live.js", "/static/console.css")
+STREAMS = ("/live",)
+
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF87a", b"GIF89a", b"\x00\x00\x00\x0cjP")
+#: Headers too short to search for alone (three letters turn up in any random base64
+#: text), so matched with their structure: BMP's reserved zero bytes, RIFF's WEBP tag.
+IMAGE_HEADERS = (re.compile(rb"BM.{4}\x00\x00\x00\x00", re.DOTALL),
+                 re.compile(rb"RIFF.{4}WEBP", re.DOTALL))
+
+
+def served_paths(app: Any) -> set[str]:
+    """The GET paths of a Starlette app without path parameters, static files listed."""
+    from starlette.routing import Mount, Route
+
+    out: set[str] = set()
+    for route in app.routes:
+        if isinstance(route, Route) and "GET" in (route.methods or set()) \
+                and "{" not in route.path:
+            out.add(route.path)
+        elif isinstance(route, Mount):
+            directory = Path(route.app.directory)  # type: ignore[attr-defined]
+            out |= {f"{route.path}/{p.name}" for p in directory.iterdir() if p.is_file()}
+    return out
+
+
+def assert_no_imagery(body: bytes, where: str) -> None:
+    """No raster image magic, no data: URI, no <img>, no long base64 or number lists."""
+    import re
+
+    for magic in IMAGE_MAGIC:
+        assert magic not in body, f"{where} holds image magic bytes {magic!r}"
+    for header in IMAGE_HEADERS:
+        assert not header.search(body), f"{where} holds an image header {header.pattern!r}"
+    text = body.decode("utf-8")
+    assert "data:image" not in text and "<img" not in text.lower(), where
+    assert not re.search(r"[A-Za-z0-9+/=]{160,}", text), f"{where} holds a base64-like blob"
+    numbers = re.findall(r"-?\d+\.\d{3,}", text)
+    assert not re.search(r"(?:-?\d+\.\d+\s*,\s*){15,}", text), f"{where} holds a number list"
+    assert len(numbers) < 500, where
+
+
+def assert_store_clean(store: Any) -> None:
+    """Every row of every table passes the privacy policy and holds no image; the SQLite
+    file (and its WAL) holds no image magic and no column holds a binary value."""
+    import sqlite3
+
+    from device.privacy import check_payload
+
+    rows = 0
+    for table, row in store.dump():
+        rows += 1
+        # An argon2 password hash is base64 by its format; it is the one such value.
+        values = [v for v in row if not (isinstance(v, str) and v.startswith("$argon2id$"))]
+        check_payload([v for v in values if not isinstance(v, str) or len(v) <= 512],
+                      where=f"console table {table}")
+        for value in values:
+            if isinstance(value, str | bytes):
+                assert_no_imagery(value.encode() if isinstance(value, str) else value, table)
+    assert rows, "the store is empty: nothing was scanned"
+    path = Path(str(store.engine.url.database))
+    for part in sorted(path.parent.glob(path.name + "*")):  # the file, -wal, -shm
+        raw = part.read_bytes()
+        assert not any(magic in raw for magic in IMAGE_MAGIC[:4]), f"{part} holds image bytes"
+    with sqlite3.connect(path) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for column in [r[1] for r in db.execute(f'PRAGMA table_info("{table}")')]:
+                blobs = db.execute(f'SELECT count(*) FROM "{table}" '
+                                   f"WHERE typeof(\"{column}\") = 'blob'").fetchone()[0]
+                assert blobs == 0, f"{table}.{column} holds binary values"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from device.console.accuracy import binomial_sf, plot_svg, predicted_fpir, summarise
+from device.console.accuracy import binomial_sf, plot_svg, summarise
+from device.service.thresholds import expected_fpir as predicted_fpir
 
 
 def test_fpir_of_threshold_and_gallery() -> None:

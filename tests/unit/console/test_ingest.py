@@ -57,3 +57,10 @@ def test_events_are_shared_and_retained_state_is_not() -> None:
         assert f"facegate/+/{state}" in subs
     assert all(q == 1 for q in subs.values())
     assert "facegate/+/+/match" in dict(Subscriptions(None).all())
+
+
+def test_a_track_end_is_read_with_the_track_end_schema_only(store) -> None:  # type: ignore[no-untyped-def]
+    """The payload's own ``schema`` does not pick the schema it is checked against."""
+    with pytest.raises(DeviceError, match="not a facegate/track_end/1 payload"):
+        handle(store, "facegate/unit-1/front/track_end", json.dumps(match_payload()).encode())
+    assert store.count_events() == 0

@@ -112,3 +112,32 @@ def test_an_ack_is_stored_once(store_url: str) -> None:
             assert connection.execute(sa.text("SELECT count(*) FROM acks")).scalar_one() == 1
     finally:
         store.close()
+
+
+def test_a_verdict_the_unit_refused_neither_closes_the_event_nor_counts(store_url: str) -> None:
+    """Refused (an untrusted key, say): back in the queue, out of the field accuracy; a
+    verdict not acknowledged yet (an offline unit) keeps the event out of the queue."""
+    store = open_store(store_url)
+    try:
+        refused, waiting = match_payload(identity="p-1"), match_payload(identity="p-2")
+        for match in (refused, waiting):
+            handle(store, "facegate/unit-1/front/match", _bytes(match))
+        nonces = {}
+        for match, verdict in ((refused, "not_this_person"), (waiting, "confirmed")):
+            nonces[match["event_id"]] = str(uuid.uuid4())
+            store.add_verdict({"nonce": nonces[match["event_id"]],
+                               "event_id": match["event_id"], "unit": "unit-1",
+                               "verdict": verdict, "reviewer": "mallory",
+                               "reviewer_key": "cd" * 32, "note": None,
+                               "issued_at": 1_700_000_000.0, "published": True})
+        ack = {"schema": "facegate/review-ack/1", "unit": "unit-1",
+               "event_id": refused["event_id"], "nonce": nonces[refused["event_id"]],
+               "outcome": "refused", "reason": "untrusted_key",
+               "at": "2024-05-01T12:00:00.000Z", "audit_seq": 12, "audit_head": "ab" * 32}
+        handle(store, "facegate/unit-1/review/ack", _bytes(ack))
+        assert [e["event_id"] for e in store.review_queue()] == [refused["event_id"]]
+        assert [(m["identity_id"], m["verdict"]) for m in store.judged_matches()] == [
+            ("p-2", "confirmed")]
+        assert len(store.reviewed()) == 2  # both still listed, with the refusal shown
+    finally:
+        store.close()
