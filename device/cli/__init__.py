@@ -13,6 +13,7 @@ from device import __version__
 from device.cli import (
     audit_cmd,
     bench_embed,
+    bench_fleet,
     bench_pipeline,
     bench_search,
     calibrate_cmd,
@@ -50,7 +51,8 @@ def bench() -> None:
 def _register() -> None:
     for command in (bench_embed.bench_embed, bench_embed.bench_embed_compare,
                     bench_embed.bench_embed_int8,
-                    bench_pipeline.bench_pipeline, bench_search.bench_search,
+                    bench_fleet.bench_fleet, bench_pipeline.bench_pipeline,
+                    bench_search.bench_search,
                     detect_cmd.bench_detect):
         bench.add_command(command)
     gallery_cmd.gallery_group.add_command(enroll_cmd.enroll)
