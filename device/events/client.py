@@ -283,10 +283,14 @@ class BrokerClient(mqtt.Client):
     def jitter_s(self) -> float:
         """The random extra wait before the next attempt, on top of paho's delay.
 
-        Zero before the first attempt of a client that never failed.
+        Zero before the first connection of a new client. The first attempt after a
+        lost connection is jittered too: a fleet that lost its broker together would
+        otherwise come back in one burst exactly ``min_s`` later.
         """
         with self._lock:
             failures = self._failures
+            if not failures and self._ever_connected and not self._connected:
+                failures = 1
         if not failures or self.backoff.jitter <= 0:
             return 0.0
         return self._rng.uniform(0, self.backoff.jitter * self.backoff.delay(failures))

@@ -48,3 +48,4 @@ def test_jitter_is_zero_before_a_failure_and_within_its_band_after() -> None:
     waits = [client.jitter_s() for _ in range(200)]
     assert all(0 <= w <= 0.25 * 2 for w in waits)
     assert len(set(waits)) > 100
+
