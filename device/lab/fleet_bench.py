@@ -55,7 +55,7 @@ from device.lab.fleet_units import BENCH_MODEL, Shard, SimUnit
 from device.ops.localbroker import LocalBroker
 from device.sync.bundle import build_bundle
 from device.sync.keys import TrustedKeys
-from device.sync.mqtt import publish_bundle
+from device.sync.mqtt import PublishReport
 from device.types import Embedding
 
 logger = logging.getLogger(__name__)
@@ -332,6 +332,28 @@ def _store_url(kind: StoreKind, root: Path) -> Iterator[str]:
         yield create_database(base)
 
 
+def _publish(bundle: Path, broker_url: str, timeout_s: float) -> PublishReport:
+    """``facegate sync publish``, as the operator runs it: in a process of its own (paho's
+    own loop uses select(), which cannot watch a descriptor above 1023, and this process
+    holds one per unit).
+
+    Raises:
+        DeviceError: The publish failed.
+    """
+    argv = [sys.executable, "-c", "from device.cli import main; main()", "sync", "publish",
+            str(bundle), "--broker", broker_url, "--json"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
+                              check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise DeviceError(f"fleet bench: publishing the bundle took over {timeout_s} s") from exc
+    if done.returncode != 0:
+        raise DeviceError(f"fleet bench: facegate sync publish failed: {done.stderr.strip()}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    return PublishReport(out["manifest_topic"], out["chunks"], out["version"],
+                         out["bundle_sha256"])
+
+
 def _all(shards: list[Shard], action: Callable[[SimUnit], Any]) -> list[Any]:
     out: list[Any] = []
     for shard in shards:
@@ -474,10 +496,17 @@ def run_fleet_bench(config: FleetBenchConfig, *, workdir: Path | None = None,
         payload = bundle / "payload"
         report.gallery_bytes = payload.stat().st_size
         t_pub = time.monotonic()
-        sent = publish_bundle(bundle, login, timeout_s=config.timeout_s)
+        sent = _publish(bundle, broker.url, config.timeout_s)
         report.gallery_chunks = sent.chunk_topics
-        watch.until("every unit on the new gallery version",
-                    lambda: _units_on_version(store, sent.version) >= config.units)
+        try:
+            watch.until("every unit on the new gallery version",
+                        lambda: _units_on_version(store, sent.version) >= config.units)
+        except DeviceError as exc:
+            views = _all(shards, lambda u: (u.gallery_version, u.transfer_progress))
+            done = sum(1 for v, _ in views if v == sent.version)
+            raise DeviceError(f"{exc}: {done} units have it, transfers in progress (chunks "
+                              f"received): {sorted(p for _, p in views if p is not None)[:20]}"
+                              ) from exc
         report.gallery_all_units_s = time.monotonic() - t_pub
         report.broker_rss_with_bundle_bytes = _rss(broker.pid)
         report.broker_retained_bundle_bytes = report.broker_rss_with_bundle_bytes - rss_before

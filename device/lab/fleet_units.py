@@ -253,6 +253,11 @@ class SimUnit:
 
     # --------------------------------------------------------------- gallery
 
+    @property
+    def transfer_progress(self) -> int | None:
+        """Chunks received of the bundle being fetched; None when none is."""
+        return None if self._transfer is None else len(self._transfer[2])
+
     @staticmethod
     def _chunk_filter(base: str, version: int) -> str:
         return f"{base}/v{version}/chunk/+"
