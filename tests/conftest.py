@@ -66,7 +66,7 @@ def small_fs(tmp_path: Path):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def pg_cluster():  # type: ignore[no-untyped-def]
     """A throwaway PostgreSQL cluster on a free 127.0.0.1 port, for the whole session."""
-    from tests.support.console import pg_missing, postgres_cluster
+    from device.lab.pgcluster import pg_missing, postgres_cluster
 
     reason = pg_missing()
     if reason:

@@ -74,6 +74,7 @@ def _register_unit() -> None:
 def _register_lab() -> None:
     from device.cli import (
         bench_embed,
+        bench_fleet,
         bench_pipeline,
         bench_search,
         calibrate_cmd,
@@ -84,7 +85,8 @@ def _register_lab() -> None:
 
     for command in (bench_embed.bench_embed, bench_embed.bench_embed_compare,
                     bench_embed.bench_embed_int8,
-                    bench_pipeline.bench_pipeline, bench_search.bench_search,
+                    bench_fleet.bench_fleet, bench_pipeline.bench_pipeline,
+                    bench_search.bench_search,
                     detect_cmd.bench_detect):
         bench.add_command(command)
     eval_cmd.eval_group.add_command(eval_identify_cmd.eval_identify)

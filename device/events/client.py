@@ -280,20 +280,52 @@ class BrokerClient(mqtt.Client):
         self._stop.set()
         return super().disconnect(reasoncode, properties)
 
-    def reconnect(self) -> MQTTErrorCode:
-        """paho's ``reconnect``, after a random extra wait, keeping why an attempt failed."""
+    def jitter_s(self) -> float:
+        """The random extra wait before the next attempt, on top of paho's delay.
+
+        Zero before the first connection of a new client. The first attempt after a
+        lost connection is jittered too: a fleet that lost its broker together would
+        otherwise come back in one burst exactly ``min_s`` later.
+        """
         with self._lock:
             failures = self._failures
-        if failures and self.backoff.jitter > 0:
-            extra = self._rng.uniform(0, self.backoff.jitter * self.backoff.delay(failures))
-            if self._stop.wait(extra):
-                raise ConnectionAbortedError("the client is stopping")
+            if not failures and self._ever_connected and not self._connected:
+                failures = 1
+        if not failures or self.backoff.jitter <= 0:
+            return 0.0
+        return self._rng.uniform(0, self.backoff.jitter * self.backoff.delay(failures))
+
+    def reconnect(self) -> MQTTErrorCode:
+        """paho's ``reconnect``, after a random extra wait, keeping why an attempt failed."""
+        extra = self.jitter_s()
+        if extra and self._stop.wait(extra):
+            raise ConnectionAbortedError("the client is stopping")
+        return self._attempt()
+
+    def _attempt(self) -> MQTTErrorCode:
         try:
             return super().reconnect()
         except OSError as exc:
             with self._lock:
                 self._attempt_error = exc
             raise
+
+    def try_reconnect(self) -> bool:
+        """One attempt now, without waiting: for a caller that runs its own event loop.
+
+        Such a caller schedules attempts itself (paho's delay plus :meth:`jitter_s`) and
+        drives the socket with ``loop_read``/``loop_write``/``loop_misc``. A failed
+        attempt is counted and reported like one of paho's own loop.
+
+        Returns:
+            Whether the CONNECT was sent (the CONNACK arrives through the loop).
+        """
+        try:
+            self._attempt()
+        except OSError:
+            self._fg_connect_fail(self, None)
+            return False
+        return True
 
     # ----------------------------------------------------------- messages
 

@@ -72,6 +72,7 @@ class LocalBroker:
         persistence: Keep retained/queued messages across restarts.
         tls: If given, the listener speaks TLS only (``mqtts://``), with mutual TLS
             when ``tls.require_certificate``.
+        extra_config: More mosquitto.conf lines (``acl_file ...``, ``max_connections ...``).
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class LocalBroker:
         users: tuple[BrokerUser, ...] = (),
         persistence: bool = True,
         tls: BrokerTLS | None = None,
+        extra_config: tuple[str, ...] = (),
     ) -> None:
         exe = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
@@ -102,6 +104,7 @@ class LocalBroker:
         self.users = users
         self._persistence = persistence
         self.tls = tls
+        self._extra_config = extra_config
         if tls is not None and tls.require_certificate and tls.cafile is None:
             raise PublishError("a TLS broker that requires client certificates needs a cafile")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -149,6 +152,7 @@ class LocalBroker:
             lines += ["allow_anonymous false", f"password_file {pwfile}"]
         else:
             lines.append("allow_anonymous true")
+        lines += self._extra_config
         (self.workdir / "mosquitto.conf").write_text("\n".join(lines) + "\n")
 
     def start(self, timeout: float = 10.0) -> None:
@@ -178,6 +182,11 @@ class LocalBroker:
                 time.sleep(0.02)
         self.stop()
         raise PublishError(f"mosquitto did not listen on {self.url} within {timeout} s")
+
+    @property
+    def pid(self) -> int | None:
+        """The mosquitto process id while it runs."""
+        return self._proc.pid if self.running and self._proc is not None else None
 
     @property
     def running(self) -> bool:

@@ -31,3 +31,21 @@ def test_every_client_asks_for_a_maximum_packet_size() -> None:
 def test_credentials_in_the_url_are_refused() -> None:
     with pytest.raises(ConfigError, match="no credentials in the broker url"):
         make_client(BrokerLogin("mqtt://user:pw@127.0.0.1"), "x", name="test")
+
+
+def test_jitter_is_zero_before_a_failure_and_within_its_band_after() -> None:
+    import random
+
+    from device.ops.localbroker import free_port
+
+    client = make_client(BrokerLogin(f"mqtt://127.0.0.1:{free_port()}"), "jitter", name="test",
+                         backoff=Backoff(2, 60, 0.25), rng=random.Random(3))
+    assert client.jitter_s() == 0.0
+    client.connect_async(client.address.host, client.address.port)
+    assert client.try_reconnect() is False  # nothing listens: counted, not raised
+    assert client.failures == 1
+    assert "connection refused" in (client.last_failure or "")
+    waits = [client.jitter_s() for _ in range(200)]
+    assert all(0 <= w <= 0.25 * 2 for w in waits)
+    assert len(set(waits)) > 100
+
