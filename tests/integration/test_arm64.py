@@ -150,7 +150,7 @@ def _embedding_images(datasets: Path, count: int) -> list[Path]:
 
 @pytest.mark.dataset
 def test_embeddings_agree_with_x86(arm64_root: Path, datasets: Path) -> None:
-    images = _embedding_images(datasets, 12)
+    images = _embedding_images(datasets, 8)
     rel = [str(p.relative_to(datasets)) for p in images]
     host = {Path(str(r["image"])).name: r
             for r in json_lines(host_facegate("embed", "--json", *map(str, images)))}
