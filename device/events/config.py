@@ -111,6 +111,15 @@ class MqttConfig(Section):
     health_interval_s: float = Field(
         default=30.0, gt=0, description="Period of the retained health message, seconds."
     )
+    require_subscriber: bool = Field(
+        default=False,
+        description=(
+            "Keep an event whose PUBACK says no subscriber took it (MQTT 5 reason 0x10) "
+            "and send it again later. Set it where the consumer reads through a shared "
+            "subscription (the console): a broker restart can leave the shared group "
+            "empty for a moment, and the event would otherwise be acknowledged to nobody."
+        ),
+    )
     outbox_path: Path = Field(
         default_factory=lambda: default_state_dir() / OUTBOX_FILENAME,
         description=(

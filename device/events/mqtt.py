@@ -67,6 +67,8 @@ logger = logging.getLogger(__name__)
 
 #: How long a row whose PUBACK carried a failure reason waits before it is resent.
 REJECT_HOLDOFF_S: Final = 5.0
+#: MQTT 5 PUBACK reason: accepted, but no subscription matched.
+_NO_MATCHING_SUBSCRIBERS: Final = 0x10
 
 #: Pause of the sender after the outbox failed.
 SENDER_RETRY_S: Final = 5.0
@@ -700,6 +702,9 @@ class Publisher:
         if reason.is_failure:
             self._rejected_rows.append(row_id)
             self._last_error = f"broker rejected an event ({reason.getName()})"
+        elif reason.value == _NO_MATCHING_SUBSCRIBERS and self.config.require_subscriber:
+            self._rejected_rows.append(row_id)  # kept, sent again after the hold-off
+            self._last_error = "no subscriber took an event (0x10); it is kept and resent"
         else:
             self._acked_rows.append(row_id)
             self._ack_at[row_id] = time.monotonic()

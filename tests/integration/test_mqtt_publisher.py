@@ -330,3 +330,39 @@ def test_a_rejected_puback_keeps_the_event(
         assert publisher.flush(15)
     want = {e.event_id for e in events}
     assert collector.wait_for(lambda _: want <= set(collector.event_ids()), 10)
+
+
+def test_with_require_subscriber_an_event_nobody_took_is_kept_and_resent(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """A PUBACK with reason 0x10 (no subscriber matched) does not lose the event.
+
+    This is what a broker restart does to a consumer on a shared subscription: until
+    the group's members are back, the broker accepts events and hands them to nobody.
+    """
+    events = [make_event(i) for i in range(2)]
+    with Publisher(config(broker, tmp_path, require_subscriber=True)) as publisher:
+        assert publisher.wait_for_state(ConnectionState.CONNECTED, timeout=10)
+        for event in events:
+            publisher.publish_match(event)
+        assert publisher.wait_for(
+            lambda s: "no subscriber took an event" in (s.last_error or ""), timeout=10
+        ), publisher.status()
+        assert publisher.status().outbox.depth == 2 and publisher.status().acked == 0
+        with Collector(broker.host, broker.port, [f"facegate/{UNIT}/+/match"],
+                       client_id="late-consumer") as late:
+            assert late.wait_subscribed()
+            assert publisher.flush(30)  # resent after the hold-off, now taken
+            want = {e.event_id for e in events}
+            assert late.wait_for(lambda _: want <= set(late.event_ids()), 10)
+        assert publisher.status().outbox.depth == 0
+
+
+def test_by_default_an_event_nobody_took_counts_as_delivered(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    with Publisher(config(broker, tmp_path)) as publisher:
+        assert publisher.wait_for_state(ConnectionState.CONNECTED, timeout=10)
+        publisher.publish_match(make_event(0))
+        assert publisher.flush(10)
+        assert publisher.status().outbox.depth == 0 and publisher.status().acked == 1
