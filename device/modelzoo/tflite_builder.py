@@ -49,6 +49,41 @@ class Conv2DOptions:
 
 
 @dataclass(frozen=True)
+class DepthwiseConv2DOptions:
+    """``DepthwiseConv2DOptions``: padding, strides, depth multiplier, fused activation."""
+
+    padding: fb.Padding
+    stride_h: int
+    stride_w: int
+    depth_multiplier: int = 1
+    activation: fb.Activation = fb.Activation.NONE
+
+
+@dataclass(frozen=True)
+class SubOptions:
+    """``SubOptions``."""
+
+    activation: fb.Activation = fb.Activation.NONE
+
+
+@dataclass(frozen=True)
+class ReshapeOptions:
+    """``ReshapeOptions``: the new shape (also given as the operator's second input)."""
+
+    new_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class MaximumMinimumOptions:
+    """``MaximumMinimumOptions`` (an empty table)."""
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """Operators without an options table (RELU, ABS, SQUARE, RSQRT): none is written."""
+
+
+@dataclass(frozen=True)
 class Pool2DOptions:
     """``Pool2DOptions`` for MAX_POOL_2D and AVERAGE_POOL_2D."""
 
@@ -121,6 +156,11 @@ class CustomOptions:
 
 Options = (
     Conv2DOptions
+    | DepthwiseConv2DOptions
+    | SubOptions
+    | ReshapeOptions
+    | MaximumMinimumOptions
+    | NoOptions
     | Pool2DOptions
     | FullyConnectedOptions
     | AddOptions
@@ -144,6 +184,15 @@ _OPTIONS_FOR: dict[fb.BuiltinOperator, type] = {
     fb.BuiltinOperator.CONCATENATION: ConcatenationOptions,
     fb.BuiltinOperator.DEQUANTIZE: DequantizeOptions,
     fb.BuiltinOperator.CUSTOM: CustomOptions,
+    fb.BuiltinOperator.DEPTHWISE_CONV_2D: DepthwiseConv2DOptions,
+    fb.BuiltinOperator.SUB: SubOptions,
+    fb.BuiltinOperator.RESHAPE: ReshapeOptions,
+    fb.BuiltinOperator.MAXIMUM: MaximumMinimumOptions,
+    fb.BuiltinOperator.SUM: ReducerOptions,
+    fb.BuiltinOperator.RELU: NoOptions,
+    fb.BuiltinOperator.ABS: NoOptions,
+    fb.BuiltinOperator.SQUARE: NoOptions,
+    fb.BuiltinOperator.RSQRT: NoOptions,
 }
 
 _DTYPES: dict[str, fb.TensorType] = {
@@ -523,8 +572,33 @@ def _write_quantization(builder: flatbuffers.Builder, quant: Quantization) -> in
 
 
 def _write_options(builder: flatbuffers.Builder, options: Options) -> tuple[fb.BuiltinOptions, int]:
-    if isinstance(options, DequantizeOptions):
+    if isinstance(options, DequantizeOptions | NoOptions):
         return fb.BuiltinOptions.NONE, 0
+    if isinstance(options, DepthwiseConv2DOptions):
+        field = fb.DepthwiseConv2DOptionsField
+        builder.StartObject(fb.DEPTHWISE_CONV2D_OPTIONS_SLOTS)
+        builder.PrependInt8Slot(field.padding, int(options.padding), 0)
+        builder.PrependInt32Slot(field.stride_w, options.stride_w, 0)
+        builder.PrependInt32Slot(field.stride_h, options.stride_h, 0)
+        builder.PrependInt32Slot(field.depth_multiplier, options.depth_multiplier, 0)
+        builder.PrependInt8Slot(field.fused_activation_function, int(options.activation), 0)
+        builder.PrependInt32Slot(field.dilation_w_factor, 1, 1)
+        builder.PrependInt32Slot(field.dilation_h_factor, 1, 1)
+        return fb.BuiltinOptions.DepthwiseConv2DOptions, int(builder.EndObject())
+    if isinstance(options, SubOptions):
+        builder.StartObject(fb.SUB_OPTIONS_SLOTS)
+        builder.PrependInt8Slot(
+            fb.SubOptionsField.fused_activation_function, int(options.activation), 0
+        )
+        return fb.BuiltinOptions.SubOptions, int(builder.EndObject())
+    if isinstance(options, ReshapeOptions):
+        new_shape = _int_vector(builder, options.new_shape)
+        builder.StartObject(fb.RESHAPE_OPTIONS_SLOTS)
+        builder.PrependUOffsetTRelativeSlot(fb.ReshapeOptionsField.new_shape, new_shape, 0)
+        return fb.BuiltinOptions.ReshapeOptions, int(builder.EndObject())
+    if isinstance(options, MaximumMinimumOptions):
+        builder.StartObject(0)
+        return fb.BuiltinOptions.MaximumMinimumOptions, int(builder.EndObject())
     if isinstance(options, ConcatenationOptions):
         builder.StartObject(fb.CONCATENATION_OPTIONS_SLOTS)
         builder.PrependInt32Slot(fb.ConcatenationOptionsField.axis, options.axis, 0)

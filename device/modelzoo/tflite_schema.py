@@ -38,13 +38,22 @@ class BuiltinOperator(IntEnum):
     AVERAGE_POOL_2D = 1
     CONCATENATION = 2
     CONV_2D = 3
+    DEPTHWISE_CONV_2D = 4
     DEQUANTIZE = 6
     FULLY_CONNECTED = 9
     MAX_POOL_2D = 17
     MUL = 18
+    RELU = 19
+    RESHAPE = 22
     CUSTOM = 32
     PAD = 34
     MEAN = 40
+    SUB = 41
+    MAXIMUM = 55
+    SUM = 74
+    RSQRT = 76
+    SQUARE = 92
+    ABS = 101
 
 
 class BuiltinOptions(IntEnum):
@@ -52,13 +61,17 @@ class BuiltinOptions(IntEnum):
 
     NONE = 0
     Conv2DOptions = 1
+    DepthwiseConv2DOptions = 2
     Pool2DOptions = 5
     FullyConnectedOptions = 8
     ConcatenationOptions = 10
     AddOptions = 11
     MulOptions = 21
+    ReshapeOptions = 17
     PadOptions = 22
     ReducerOptions = 27
+    SubOptions = 28
+    MaximumMinimumOptions = 39
 
 
 class Padding(IntEnum):
@@ -188,6 +201,40 @@ class Conv2DOptionsField:
 
 
 CONV2D_OPTIONS_SLOTS = 6
+
+
+class DepthwiseConv2DOptionsField:
+    """``table DepthwiseConv2DOptions``."""
+
+    padding = 0
+    stride_w = 1
+    stride_h = 2
+    depth_multiplier = 3
+    fused_activation_function = 4
+    dilation_w_factor = 5
+    dilation_h_factor = 6
+
+
+DEPTHWISE_CONV2D_OPTIONS_SLOTS = 7
+
+
+class ReshapeOptionsField:
+    """``table ReshapeOptions``."""
+
+    new_shape = 0
+
+
+RESHAPE_OPTIONS_SLOTS = 1
+
+
+class SubOptionsField:
+    """``table SubOptions`` (``pot_scale_int16`` is left at its default)."""
+
+    fused_activation_function = 0
+    pot_scale_int16 = 1
+
+
+SUB_OPTIONS_SLOTS = 2
 
 
 class Pool2DOptionsField:

@@ -4,7 +4,8 @@ A backend is one module with its pydantic config (``type`` literal) next to its
 code, Frigate-style, as the detectors are: :mod:`device.vision.dlib_tflite`
 (``dlib_tflite``, the default: dlib's face ResNet on the CPU) and
 :mod:`device.vision.edgetpu_embedder` (``edgetpu``: an int8 model on the Coral Edge
-TPU). :data:`EMBEDDERS` maps the ``type`` to the class and :func:`create_embedder`
+TPU), :mod:`device.vision.mobilefacenet` (``mobilefacenet``: MobileFaceNet on the
+CPU). :data:`EMBEDDERS` maps the ``type`` to the class and :func:`create_embedder`
 builds one from a config. Embedding still photos (detect, pick, align, embed) is
 :func:`device.vision.stills.embed_faces`.
 
@@ -27,6 +28,7 @@ from device.vision.dlib_int8 import DlibInt8Embedder, DlibInt8EmbedderConfig
 from device.vision.dlib_tflite import DlibTFLiteEmbedder, DlibTFLiteEmbedderConfig
 from device.vision.edgetpu_embedder import EdgeTpuEmbedder, EdgeTpuEmbedderConfig
 from device.vision.embed_support import check_chip_size, l2_normalise
+from device.vision.mobilefacenet import MobileFaceNetEmbedder, MobileFaceNetEmbedderConfig
 
 __all__ = [
     "EMBEDDERS",
@@ -71,7 +73,10 @@ class Embedder(Protocol):
 
 #: Any embedder backend's configuration, chosen by its ``type``.
 EmbedderConfig = Annotated[
-    DlibTFLiteEmbedderConfig | EdgeTpuEmbedderConfig | DlibInt8EmbedderConfig,
+    DlibTFLiteEmbedderConfig
+    | EdgeTpuEmbedderConfig
+    | DlibInt8EmbedderConfig
+    | MobileFaceNetEmbedderConfig,
     Field(discriminator="type"),
 ]
 
@@ -80,11 +85,15 @@ EMBEDDERS: dict[str, Callable[..., Embedder]] = {
     "dlib_tflite": DlibTFLiteEmbedder,
     "edgetpu": EdgeTpuEmbedder,
     "dlib_int8": DlibInt8Embedder,
+    "mobilefacenet": MobileFaceNetEmbedder,
 }
 
 
 def create_embedder(
-    config: DlibTFLiteEmbedderConfig | EdgeTpuEmbedderConfig | DlibInt8EmbedderConfig,
+    config: DlibTFLiteEmbedderConfig
+    | EdgeTpuEmbedderConfig
+    | DlibInt8EmbedderConfig
+    | MobileFaceNetEmbedderConfig,
     *,
     cache_dir: Path | None = None,
     manifest: dict[str, model_manifest.ModelSpec] | None = None,

@@ -48,9 +48,10 @@ def _edgetpu_available() -> bool:
 
 def test_registry_covers_every_config_type() -> None:
     from device.vision.dlib_int8 import DlibInt8EmbedderConfig
+    from device.vision.mobilefacenet import MobileFaceNetEmbedderConfig
 
     types = {DlibTFLiteEmbedderConfig().type, EdgeTpuEmbedderConfig(model="x").type,
-             DlibInt8EmbedderConfig().type}
+             DlibInt8EmbedderConfig().type, MobileFaceNetEmbedderConfig().type}
     assert set(em.EMBEDDERS) == types
     adapter: TypeAdapter[object] = TypeAdapter(em.EmbedderConfig)
     int8 = adapter.validate_python({"type": "dlib_int8", "num_threads": 1})
