@@ -108,5 +108,6 @@ def _register_console() -> None:
 _register_unit()
 if _installed("device.lab"):
     _register_lab()
-if _installed("device.console"):
+# The console's web stack is an extra (`pip install 'facegate[console]'`), not a unit's.
+if all(_installed(p) for p in ("device.console", "starlette", "sqlalchemy")):
     _register_console()

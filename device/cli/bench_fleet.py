@@ -8,7 +8,9 @@ from typing import Any
 import click
 
 from device.cli.common import emit_json, handle_errors, json_option
-from device.lab.fleet_bench import BASE_MATCH_INTERVAL_S, FleetBenchConfig, run_fleet_bench
+
+# The bench's database layer (SQLAlchemy) is the console's extra: imported when it runs.
+from device.lab.fleet_units import BASE_MATCH_INTERVAL_S
 
 _MIB = 2**20
 
@@ -43,6 +45,8 @@ def bench_fleet(units: int, rate: float, store_kind: str, steady_s: float, outag
     Every figure is read from the console's store, filled by its real ingester in a
     process of its own; events lost are counted by id and must be 0.
     """
+    from device.lab.fleet_bench import FleetBenchConfig, run_fleet_bench
+
     config = FleetBenchConfig(units=units, rate=rate, store=store_kind,  # type: ignore[arg-type]
                               steady_s=steady_s, outage_s=outage_s, threads=threads,
                               gallery_identities=gallery_identities, timeout_s=timeout_s,

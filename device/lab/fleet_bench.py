@@ -51,7 +51,7 @@ from device.errors import DeviceError
 from device.events.client import BrokerLogin
 from device.gallery.records import EnrollmentBatch, NewFace, NewIdentity
 from device.gallery.store import GalleryStore
-from device.lab.fleet_units import BENCH_MODEL, Shard, SimUnit
+from device.lab.fleet_units import BASE_MATCH_INTERVAL_S, BENCH_MODEL, Shard, SimUnit
 from device.ops.localbroker import LocalBroker
 from device.sync.bundle import build_bundle
 from device.sync.keys import TrustedKeys
@@ -60,8 +60,6 @@ from device.types import Embedding
 
 logger = logging.getLogger(__name__)
 
-#: A unit's mean time between match events at ``rate`` 1: one per ten minutes.
-BASE_MATCH_INTERVAL_S: Final = 600.0
 #: Dimension of the bench gallery's (random) embeddings.
 BENCH_DIM: Final = 128
 _POLL_S: Final = 0.2

@@ -56,6 +56,9 @@ from device.sync.reasons import SyncRefusedError
 
 logger = logging.getLogger(__name__)
 
+#: One match per unit per this many seconds on average (Poisson), before ``--rate``.
+BASE_MATCH_INTERVAL_S: Final = 600.0
+
 #: The model id the simulated units and the bench's gallery share.
 BENCH_MODEL: Final = "fleet-bench"
 CAMERA: Final = "door"

@@ -49,3 +49,11 @@ def test_without_the_lab_and_the_console_every_unit_verb_works() -> None:
 def test_with_everything_installed_the_lab_and_console_verbs_are_there() -> None:
     result = _without()
     assert set(result["verbs"]) == UNIT_VERBS | {"bench", "calibrate", "console", "eval"}  # type: ignore[arg-type]
+
+
+def test_a_unit_without_the_console_extra_still_has_every_other_verb() -> None:
+    """The unit's install has the lab but not the console's web stack (SQLAlchemy...)."""
+    result = _without("sqlalchemy", "alembic", "starlette", "argon2", "jinja2", "uvicorn",
+                      "psycopg", "itsdangerous")
+    assert result["help_exit"] == 0 and result["detect_exit"] == 0
+    assert set(result["verbs"]) == UNIT_VERBS | {"bench", "calibrate", "eval"}  # type: ignore[arg-type]
