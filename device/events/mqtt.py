@@ -587,11 +587,14 @@ class Publisher:
             self._health_due = 0.0
             retained = list(self._retained.items())
             self._cond.notify_all()
+        # Subscribe first: the broker handles one connection's packets in order, so by the
+        # time anyone sees this unit "online" its subscriptions exist (a console may send
+        # it a verdict the moment it does).
+        for topic_filter, _, qos in self._subscriptions:
+            client.subscribe(topic_filter, qos=qos)
         self._publish_raw(self.topics.status, ONLINE.encode(), retain=True)
         for topic, data in retained:
             self._publish_raw(topic, data, retain=True)
-        for topic_filter, _, qos in self._subscriptions:
-            client.subscribe(topic_filter, qos=qos)
         if self._discovery is not None:
             client.subscribe(self._discovery.birth_topic, qos=1)
             self._publish_discovery()

@@ -67,7 +67,13 @@ class Unit:
         self.inbox: ReviewInbox = load_inbox(UNIT, self.audit, self.publisher, self.config)
         self.publisher.subscribe(TOPICS.review, self.inbox.on_message)
         self.inbox.start()
-        self.publisher.start()
+        # Ready once a watcher sees it online: it subscribes before it says so.
+        with Collector(broker.host, broker.port, [TOPICS.status],
+                       client_id=f"watch-{uuid.uuid4().hex[:8]}") as watch:
+            assert watch.wait_subscribed()
+            self.publisher.start()
+            assert watch.wait_for(lambda ms: any(m.payload == b"online" for m in ms), 15), \
+                "the unit never said it was online"
 
     def close(self) -> None:
         self.inbox.close()
