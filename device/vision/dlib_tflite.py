@@ -10,21 +10,23 @@ the README give what it earns).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
 from device.config import Section
 from device.errors import ModelError
-from device.types import Embedding, FaceChip, FloatArray
+from device.types import FaceChip, FloatArray
 from device.vision import models as model_manifest
-from device.vision.align import AlignTemplate
-from device.vision.embed_support import check_chip_size, input_size_of, l2_normalise, template_of
+from device.vision.embed_support import (
+    ChipEmbedder,
+    check_chip_size,
+    input_size_of,
+    template_of,
+)
 
 #: The default embedder's manifest id.
 DLIB_MODEL_ID = "dlib-resnet-v1"
@@ -51,7 +53,7 @@ class DlibTFLiteEmbedderConfig(Section):
     )
 
 
-class DlibTFLiteEmbedder:
+class DlibTFLiteEmbedder(ChipEmbedder):
     """dlib's 128-d face descriptor, L2-normalised. A context manager.
 
     Args:
@@ -104,18 +106,6 @@ class DlibTFLiteEmbedder:
     def _default_config() -> DlibTFLiteEmbedderConfig | DlibInt8EmbedderConfig:
         return DlibTFLiteEmbedderConfig()
 
-    @property
-    def model_id(self) -> str:
-        return self._model_id
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return self._input_size
-
-    @property
-    def template(self) -> AlignTemplate:
-        return self._template
-
     def descriptor(self, chip: FaceChip) -> FloatArray:
         """The raw (un-normalised) descriptor, flip-averaged if configured.
 
@@ -130,31 +120,10 @@ class DlibTFLiteEmbedder:
         summed: FloatArray = both.astype(np.float64).sum(axis=0).astype(np.float32)
         return summed
 
-    def embed(self, chips: Sequence[FaceChip]) -> list[Embedding]:
-        """L2-normalised embeddings, one per chip.
-
-        Raises:
-            ModelError: A chip is not 150x150 RGB uint8, or the embedder is closed.
-        """
-        return [
-            Embedding(vector=l2_normalise(self.descriptor(chip)), model_id=self._model_id)
-            for chip in chips
-        ]
-
     def close(self) -> None:
         """Release the interpreter. Safe to call twice."""
         self._runner.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 #: The int8 encoder's manifest id.

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import numpy as np
@@ -22,8 +21,13 @@ from device.config import Section
 from device.errors import ModelError
 from device.types import Embedding, FaceChip, FloatArray, Image
 from device.vision import models as model_manifest
-from device.vision.align import AlignTemplate
-from device.vision.embed_support import check_chip_size, input_size_of, l2_normalise, template_of
+from device.vision.embed_support import (
+    ChipEmbedder,
+    check_chip_size,
+    input_size_of,
+    l2_normalise,
+    template_of,
+)
 
 
 class EdgeTpuEmbedderConfig(Section):
@@ -81,7 +85,7 @@ def dequantise(values: npt.NDArray[Any], scale: float, zero_point: int) -> Float
     return ((np.asarray(values, dtype=np.float32) - zero_point) * scale).astype(np.float32)
 
 
-class EdgeTpuEmbedder:
+class EdgeTpuEmbedder(ChipEmbedder):
     """An embedder on the Edge TPU. A context manager; ``close()`` is idempotent.
 
     Args:
@@ -144,18 +148,6 @@ class EdgeTpuEmbedder:
                 f"{width}x{height} RGB input, or it has more than one output"
             )
 
-    @property
-    def model_id(self) -> str:
-        return self._model_id
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return self._input_size
-
-    @property
-    def template(self) -> AlignTemplate:
-        return self._template
-
     def _run(self, pixels: Image) -> FloatArray:
         info = self._runtime.inputs[0]
         values = (pixels.astype(np.float32) - self._norm.mean) / self._norm.std
@@ -187,13 +179,3 @@ class EdgeTpuEmbedder:
         """Release the interpreter and the Edge TPU. Safe to call twice."""
         self._runtime.close()
 
-    def __enter__(self) -> EdgeTpuEmbedder:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -7,13 +7,15 @@ which imports the backends for its registry (and re-exports the two public check
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Self
 
 import numpy as np
 import numpy.typing as npt
 
 from device.errors import ModelError
-from device.types import FaceChip, FloatArray
+from device.types import Embedding, FaceChip, FloatArray
 from device.vision import models as model_manifest
 from device.vision.align import AlignTemplate
 
@@ -77,3 +79,56 @@ def input_size_of(spec: model_manifest.ModelSpec) -> tuple[int, int]:
             f"model {spec.id}: models/manifest.toml declares no input = {{ width, height, ... }}"
         )
     return int(raw["width"]), int(raw["height"])
+
+
+class ChipEmbedder:
+    """What every embedder backend shares: its identity, the embed loop, the lifecycle.
+
+    A backend sets ``_model_id``, ``_input_size`` and ``_template`` and implements
+    :meth:`descriptor` (the raw output for one chip) and :meth:`close`; :meth:`embed`
+    L2-normalises each descriptor (a backend may override it).
+    """
+
+    _model_id: str
+    _input_size: tuple[int, int]
+    _template: AlignTemplate
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._input_size
+
+    @property
+    def template(self) -> AlignTemplate:
+        return self._template
+
+    def descriptor(self, chip: FaceChip) -> FloatArray:
+        """The raw (un-normalised) descriptor of one chip."""
+        raise NotImplementedError
+
+    def embed(self, chips: Sequence[FaceChip]) -> list[Embedding]:
+        """L2-normalised embeddings, one per chip.
+
+        Raises:
+            ModelError: A chip is not of the model's input size, or the embedder is closed.
+        """
+        return [Embedding(vector=l2_normalise(self.descriptor(chip)), model_id=self._model_id)
+                for chip in chips]
+
+    def close(self) -> None:
+        """Release the model. Safe to call twice."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

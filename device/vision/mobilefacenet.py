@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import numpy as np
@@ -22,10 +21,14 @@ from pydantic import Field
 
 from device.config import Section
 from device.errors import ModelError
-from device.types import Embedding, FaceChip, FloatArray
+from device.types import FaceChip, FloatArray
 from device.vision import models as model_manifest
-from device.vision.align import AlignTemplate
-from device.vision.embed_support import check_chip_size, input_size_of, l2_normalise, template_of
+from device.vision.embed_support import (
+    ChipEmbedder,
+    check_chip_size,
+    input_size_of,
+    template_of,
+)
 from device.vision.runtime import interpreter_module
 
 #: The backend's default manifest id.
@@ -68,7 +71,7 @@ def encode(chips: NDArray[Any], mean: float, std: float) -> NDArray[np.float32]:
     return out
 
 
-class MobileFaceNetEmbedder:
+class MobileFaceNetEmbedder(ChipEmbedder):
     """MobileFaceNet's 192-d embedding, L2-normalised. A context manager.
 
     Raises:
@@ -109,18 +112,6 @@ class MobileFaceNetEmbedder:
         self._interpreter: Any = interpreter
         self._in, self._out, self._batch = int(inp[0]["index"]), int(out[0]["index"]), 1
 
-    @property
-    def model_id(self) -> str:
-        return self._model_id
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return self._input_size
-
-    @property
-    def template(self) -> AlignTemplate:
-        return self._template
-
     def run_batch(self, images: Sequence[NDArray[Any]]) -> NDArray[np.float32]:
         """The model's output for RGB uint8 chips, ``(len(images), dim)``.
 
@@ -154,26 +145,7 @@ class MobileFaceNetEmbedder:
         summed: FloatArray = both.astype(np.float64).sum(axis=0).astype(np.float32)
         return summed
 
-    def embed(self, chips: Sequence[FaceChip]) -> list[Embedding]:
-        """L2-normalised embeddings, one per chip.
-
-        Raises:
-            ModelError: A chip is not 112x112 RGB uint8, or the embedder is closed.
-        """
-        return [Embedding(vector=l2_normalise(self.descriptor(chip)), model_id=self._model_id)
-                for chip in chips]
-
     def close(self) -> None:
         """Release the interpreter. Safe to call twice."""
         self._interpreter = None
 
-    def __enter__(self) -> MobileFaceNetEmbedder:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
