@@ -118,9 +118,10 @@ def _verdicts(rows: Sequence[Any], facegate: str, reference: str) -> list[dict[s
               help="Override the template's border fill for chips.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Model cache (default: the standard one).")
-@click.option("--embedder", "embedder_type", type=click.Choice(["dlib_tflite", "dlib_int8"]),
+@click.option("--embedder", "embedder_type",
+              type=click.Choice(["dlib_tflite", "dlib_int8", "mobilefacenet"]),
               default="dlib_tflite", show_default=True,
-              help="Embedder backend: the float encoder, or its int8 build.")
+              help="Embedder backend: dlib's float encoder, its int8 build, or MobileFaceNet.")
 @json_option
 @handle_errors
 def eval_pairs(
@@ -141,6 +142,7 @@ def eval_pairs(
     from device.vision.dlib_int8 import DlibInt8EmbedderConfig
     from device.vision.dlib_tflite import DlibTFLiteEmbedderConfig
     from device.vision.embed import create_embedder
+    from device.vision.mobilefacenet import MobileFaceNetEmbedderConfig
     from device.vision.stills import StillFaceFinder, StillFinderConfig
 
     if pairs_csv is None and not all_pairs:
@@ -153,8 +155,12 @@ def eval_pairs(
 
     finder_config = StillFinderConfig(close_range=not no_close_range, refine=not no_refine,
                                       num_threads=threads)
-    embedder_config: DlibTFLiteEmbedderConfig | DlibInt8EmbedderConfig
-    if embedder_type == "dlib_int8":
+    embedder_config: (DlibTFLiteEmbedderConfig | DlibInt8EmbedderConfig
+                      | MobileFaceNetEmbedderConfig)
+    if embedder_type == "mobilefacenet":
+        embedder_config = MobileFaceNetEmbedderConfig(
+            num_threads=threads, flip_average=not no_flip, border=border)
+    elif embedder_type == "dlib_int8":
         embedder_config = DlibInt8EmbedderConfig(num_threads=threads, flip_average=not no_flip,
                                                  border=border)
     else:

@@ -28,6 +28,11 @@ from device.vision.dlib_tflite import (
     DlibTFLiteEmbedder,
     DlibTFLiteEmbedderConfig,
 )
+from device.vision.mobilefacenet import (
+    MOBILEFACENET_MODEL_ID,
+    MobileFaceNetEmbedder,
+    MobileFaceNetEmbedderConfig,
+)
 from device.vision.stills import StillFaceFinder, StillFinderConfig
 
 threads_option = click.option(
@@ -36,7 +41,7 @@ threads_option = click.option(
 
 model_option = click.option(
     "--model", "model_id", default=DLIB_MODEL_ID, show_default=True,
-    help="Embedder (manifest id).")
+    help="Embedder (manifest id: dlib-resnet-v1, dlib-resnet-v1-int8 or mobilefacenet).")
 
 target_fmr_option = click.option(
     "--target-fmr", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
@@ -79,15 +84,23 @@ def open_finder(threads: int) -> StillFaceFinder:
     return StillFaceFinder.from_config(StillFinderConfig(num_threads=threads))
 
 
-def open_embedder(model_id: str, threads: int) -> DlibTFLiteEmbedder:
-    """The TFLite dlib embedder for ``model_id``: the float model or the int8 one.
+def open_embedder(model_id: str, threads: int) -> DlibTFLiteEmbedder | MobileFaceNetEmbedder:
+    """The CPU embedder for ``model_id``: dlib float or int8, or MobileFaceNet.
+
+    Any other id is taken as a dlib-format float model of the manifest.
 
     Raises:
         ModelError: The model is not built, fails its hash check or lacks a template.
     """
     if model_id == DLIB_INT8_MODEL_ID:
         return DlibInt8Embedder(DlibInt8EmbedderConfig(num_threads=threads))
+    if model_id == MOBILEFACENET_MODEL_ID:
+        return MobileFaceNetEmbedder(MobileFaceNetEmbedderConfig(num_threads=threads))
     return DlibTFLiteEmbedder(DlibTFLiteEmbedderConfig(model=model_id, num_threads=threads))
+
+
+#: The model ids :func:`open_embedder` knows by name (others: dlib-format float models).
+KNOWN_EMBEDDERS = (DLIB_MODEL_ID, DLIB_INT8_MODEL_ID, MOBILEFACENET_MODEL_ID)
 
 
 def load_threshold(model_id: str, policy: ThresholdPolicy) -> Threshold:
