@@ -92,6 +92,7 @@ def _register_lab() -> None:
     eval_cmd.eval_group.add_command(eval_identify_cmd.eval_identify)
     eval_cmd.eval_group.add_command(eval_conditions_cmd.eval_conditions)
     eval_cmd.eval_group.add_command(eval_conditions_cmd.eval_templates)
+    eval_cmd.eval_group.add_command(eval_conditions_cmd.eval_clip)
     for command in (bench, calibrate_cmd.calibrate, eval_cmd.eval_group):
         main.add_command(command)
 

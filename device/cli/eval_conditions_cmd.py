@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any
@@ -88,51 +89,65 @@ def _print_table(table: dict[str, Any]) -> None:
               "when a set has single-photo identities, else 0.4).")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write one panel per condition to this PNG.")
+@click.option("--tiling-min-face", type=click.IntRange(8, 1000), default=None,
+              help="Run the camera detector with tiling on, down to faces of N px (the "
+                   "service's [detector.tiling]); default: the service's default, tiling off.")
 @threads_option
 @json_option
 @handle_errors
 def eval_conditions(roots: tuple[Path, ...], model_ids: tuple[str, ...],
                     limit_identities: int | None, max_images: int | None,
-                    unenrolled_fraction: float | None, plot: Path | None, threads: int,
-                    as_json: bool) -> None:
+                    unenrolled_fraction: float | None, plot: Path | None,
+                    tiling_min_face: int | None, threads: int, as_json: bool) -> None:
     """Recognition per condition on labelled sets: face size (24-96 px), head pose
     (yaw bins) and open-set FNIR / FPIR per set at the shipped thresholds.
 
     Each face size is made by scaling the whole photo (area averaging) so the face box
-    has that width, on a 640x360 black canvas shown to the service's detector.
+    has that width, on a 640x360 black canvas shown to the service's detector. With
+    several --embedder, each photo is found, re-rendered and detected once and every
+    encoder embeds the same faces.
     """
     from device.lab import conditions as cond
     from device.service.thresholds import ThresholdPolicy, resolve_threshold
     from device.vision.blazeface import BlazeFaceConfig, BlazeFaceDetector
+    from device.vision.tiling import TilingConfig
 
     tables: list[dict[str, Any]] = []
-    findings: dict[str, list[str]] = {}
     subsets = {root: _subset(root, limit_identities, max_images) for root in roots}
     subset_note = "".join(
         [f"; first {limit_identities} identities" if limit_identities else "",
          f"; at most {max_images} photos each" if max_images else ""])
     detector_config = BlazeFaceConfig(num_threads=threads)
+    if tiling_min_face is not None:
+        detector_config = BlazeFaceConfig(
+            num_threads=threads, tiling=TilingConfig(enabled=True, min_face=tiling_min_face))
+    model_ids = tuple(dict.fromkeys(model_ids))
+    shipped: dict[str, list[tuple[float, float]]] = {}
     for model_id in model_ids:
-        shipped = []
+        shipped[model_id] = []
         for fmr in cond.SHIPPED_FMRS:
             try:
                 value = resolve_threshold(model_id, ThresholdPolicy(target_fmr=fmr)).value
             except ConfigError as exc:
                 raise ConfigError(f"embedder {model_id}: {exc}") from exc
-            shipped.append((fmr, value))
-        demographics = []
-        with open_finder(threads) as finder, open_embedder(model_id, threads) as embedder, \
-                BlazeFaceDetector(detector_config) as camera:
-            for root, (rel, labels) in subsets.items():
-                with progress_bar(len(rel), f"{model_id} {root.name}", as_json=as_json) as adv:
-                    embedded = cond.embed_conditions(
-                        root, rel, labels, finder=finder, camera_detector=camera,
-                        embedder=embedder, progress=adv)
+            shipped[model_id].append((fmr, value))
+    demographics: dict[str, list[cond.Demographic]] = {m: [] for m in model_ids}
+    with contextlib.ExitStack() as stack:
+        finder = stack.enter_context(open_finder(threads))
+        camera = stack.enter_context(BlazeFaceDetector(detector_config))
+        embedders = [stack.enter_context(open_embedder(m, threads)) for m in model_ids]
+        for root, (rel, labels) in subsets.items():
+            with progress_bar(len(rel), f"{'+'.join(model_ids)} {root.name}",
+                              as_json=as_json) as adv:
+                per_model = cond.embed_conditions(
+                    root, rel, labels, finder=finder, camera_detector=camera,
+                    embedders=embedders, progress=adv)
+            for model_id, embedded in zip(model_ids, per_model, strict=True):
                 try:
-                    demo = cond.demographic(embedded, shipped, unenrolled_fraction)
+                    demo = cond.demographic(embedded, shipped[model_id], unenrolled_fraction)
                 except ValueError as exc:
                     raise ConfigError(f"{root}: {exc}") from exc
-                demographics.append(demo)
+                demographics[model_id].append(demo)
                 tables.append({
                     "model_id": model_id, "root": str(root), "photos": len(embedded.paths),
                     "identities": len(set(embedded.labels)),
@@ -140,13 +155,14 @@ def eval_conditions(roots: tuple[Path, ...], model_ids: tuple[str, ...],
                     "unreadable": len(embedded.unreadable), "subset": subset_note,
                     "canvas": f"{cond.CANVAS[0]}x{cond.CANVAS[1]}",
                     "detector": f"BlazeFace {detector_config.model}, tiling "
-                                f"{'on' if detector_config.tiling.enabled else 'off'}",
+                                + (f"on (min face {detector_config.tiling.min_face} px)"
+                                   if detector_config.tiling.enabled else "off"),
                     "size": [r.to_json() for r in cond.size_table(embedded)],
                     "pose": [r.to_json() for r in cond.pose_table(embedded)],
                     "yaw_photos": cond.yaw_histogram(embedded.yaw),
                     "demographic": demo.to_json(),
                 })
-        findings[model_id] = cond.higher_fpir_findings(demographics)
+    findings = {m: cond.higher_fpir_findings(d) for m, d in demographics.items()}
     if plot is not None:
         cond.plot_conditions(tables, plot)
     if as_json:
@@ -249,3 +265,91 @@ def eval_templates(root: Path, k: int, model_id: str, limit_identities: int | No
                        f"{verdict}")
     if saved:
         click.echo(f"template calibration table ({table_id}) written to {saved}")
+
+
+def _pair(text: str, what: str) -> tuple[str, str]:
+    person, sep, value = text.partition("=")
+    if not sep or not person or not value:
+        raise click.BadParameter(f"{text!r}: expected ID={what}")
+    return person, value
+
+
+@click.command("clip")
+@click.option("--video", required=True, type=click.Path(exists=True, dir_okay=False,
+                                                         path_type=Path),
+              help="The clip (any container OpenCV reads).")
+@click.option("--reference", "references", required=True, multiple=True, metavar="ID=PHOTO",
+              help="A person's reference photo; repeat per person.")
+@click.option("--on-screen", "on_screen", multiple=True, metavar="ID=FIRST-LAST[,...]",
+              help="Frames (0-based, inclusive) where that person is on screen; detections "
+                   "outside them are someone else. A person without it has no window.")
+@click.option("--embedder", "model_ids", multiple=True, default=(DLIB_MODEL_ID,),
+              show_default=True, help="Embedder model id; repeat to compare encoders.")
+@click.option("--top", type=click.IntRange(1, 50), default=5, show_default=True,
+              help="Highest-scoring detections listed per person.")
+@click.option("--min-face", type=click.IntRange(8, 1000), default=24, show_default=True,
+              help="Smallest face (frame pixels) tiling must make detectable.")
+@threads_option
+@json_option
+@handle_errors
+def eval_clip(video: Path, references: tuple[str, ...], on_screen: tuple[str, ...],
+              model_ids: tuple[str, ...], top: int, min_face: int, threads: int,
+              as_json: bool) -> None:
+    """What each person scores in a clip under each encoder, against the shipped
+    thresholds: every detection (BlazeFace with tiling, no quality gate) against each
+    reference photo; the best score in the person's frames beside the best score of
+    anyone outside them."""
+    from device.lab import clip_scores
+    from device.service.thresholds import ThresholdPolicy, resolve_threshold
+    from device.vision.blazeface import BlazeFaceConfig, BlazeFaceDetector
+    from device.vision.tiling import TilingConfig
+
+    photos = {p: Path(v) for p, v in (_pair(r, "PHOTO") for r in references)}
+    windows: dict[str, list[tuple[int, int]]] = {}
+    for text in on_screen:
+        person, value = _pair(text, "FIRST-LAST")
+        if person not in photos:
+            raise click.BadParameter(f"--on-screen {person}: no --reference for that id")
+        try:
+            windows[person] = clip_scores.parse_windows(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
+    model_ids = tuple(dict.fromkeys(model_ids))
+    thresholds = {m: {f: resolve_threshold(m, ThresholdPolicy(target_fmr=f)).value
+                      for f in (1e-3, 1e-4)} for m in model_ids}
+    config = BlazeFaceConfig(num_threads=threads,
+                             tiling=TilingConfig(enabled=True, min_face=min_face))
+    with contextlib.ExitStack() as stack:
+        finder = stack.enter_context(open_finder(threads))
+        detector = stack.enter_context(BlazeFaceDetector(config))
+        embedders = [stack.enter_context(open_embedder(m, threads)) for m in model_ids]
+        refs = clip_scores.reference_embeddings(photos, finder, embedders)
+        with progress_bar(clip_scores.frame_count(video), "frames", "frame",
+                          as_json=as_json) as advance:
+            results = clip_scores.score_clip(video, refs, windows, detector, embedders,
+                                             top=top, progress=advance)
+    rows = []
+    for r in results:
+        doc = r.to_json()
+        doc["thresholds"] = {f"{f:g}": round(t, 4) for f, t in thresholds[r.model_id].items()}
+        doc["matchable_at"] = {f"{f:g}": r.matchable_at(t)
+                               for f, t in thresholds[r.model_id].items()}
+        rows.append(doc)
+    if as_json:
+        emit_json({"video": str(video), "min_face": min_face, "people": rows})
+        return
+    click.echo(f"{video}: every detection (tiling on, min face {min_face} px, no quality "
+               "gate) against each reference")
+    click.echo(f"  {'encoder':<20} {'person':<20} {'in frames':>9} {'best there':>10} "
+               f"{'best else':>9} {'thr 1e-3':>8} {'thr 1e-4':>8}  matchable at 1e-3 / 1e-4")
+    for doc in rows:
+        def fmt(v: float | None) -> str:
+            return "-" if v is None else f"{v:.4f}"
+        m = doc["matchable_at"]
+        click.echo(f"  {doc['model_id']:<20} {doc['person']:<20} {doc['in_window']:>9} "
+                   f"{fmt(doc['best_in_window']):>10} {fmt(doc['best_outside']):>9} "
+                   f"{doc['thresholds']['0.001']:>8.4f} {doc['thresholds']['0.0001']:>8.4f}  "
+                   f"{'yes' if m['0.001'] else 'no'} / {'yes' if m['0.0001'] else 'no'}")
+        tops = ", ".join(f"{s['score']:.4f} (frame {s['frame']}, {s['width']} px"
+                         f"{'' if s['in_window'] else ', not them'})" for s in doc["top"])
+        click.echo(f"      top: {tops}")

@@ -144,15 +144,17 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def embed_rendered(rendered: Rendered, detector: Detector, embedder: Embedder
-                   ) -> FloatArray | None:
-    """The embedding of the rendered face as the camera path sees it; None if missed."""
+def detect_rendered(rendered: Rendered, detector: Detector) -> Detection | None:
+    """The rendered face as the camera path finds it (the largest overlapping box); None
+    if the detector missed it."""
     found = [d for d in detector.detect(rendered.image) if iou(d.box, rendered.box) >= MIN_IOU]
-    if not found:
-        return None
-    face = max(found, key=lambda d: d.area)
+    return max(found, key=lambda d: d.area) if found else None
+
+
+def embed_face(image: Image, face: Detection, embedder: Embedder) -> FloatArray | None:
+    """``face`` aligned to the embedder's template and embedded; None if it cannot align."""
     try:
-        chip = align(rendered.image, face, embedder.template)
+        chip = align(image, face, embedder.template)
     except ValueError:
         return None
     vector: FloatArray = embedder.embed([chip])[0].vector
@@ -200,20 +202,30 @@ def native_face(image: Image, finder: StillFaceFinder) -> Detection | None:
 
 def embed_conditions(
     root: Path, relative: Sequence[str], labels: Sequence[str], *, finder: StillFaceFinder,
-    camera_detector: Detector, embedder: Embedder, sizes: Sequence[int] = FACE_SIZES,
-    canvas: tuple[int, int] = CANVAS, progress: Progress | None = None,
-) -> ConditionEmbeddings:
-    """Embed each photo natively and at every face size; estimate its yaw.
+    camera_detector: Detector, embedders: Sequence[Embedder],
+    sizes: Sequence[int] = FACE_SIZES, canvas: tuple[int, int] = CANVAS,
+    progress: Progress | None = None,
+) -> list[ConditionEmbeddings]:
+    """Embed each photo natively and at every face size with every embedder; estimate
+    its yaw. Reading, finding and re-rendering each photo and detecting each rendering
+    happen once, whatever the number of embedders (each then aligns to its own
+    template), so the encoders are compared on exactly the same faces.
+
+    Returns:
+        One :class:`ConditionEmbeddings` per embedder, in order.
 
     Raises:
         ImageError: No photo could be read, or none had a face.
         ModelError: A model failed.
     """
+    if not embedders:
+        raise ValueError("embed_conditions needs at least one embedder")
     kept: list[str] = []
     kept_labels: list[str] = []
-    native: list[FloatArray] = []
+    native: list[list[FloatArray]] = [[] for _ in embedders]
     yaws: list[float] = []
-    sized: dict[int, list[FloatArray | None]] = {s: [] for s in sizes}
+    sized: list[dict[int, list[FloatArray | None]]] = [
+        {s: [] for s in sizes} for _ in embedders]
     upscaled = dict.fromkeys(sizes, 0)
     missing: list[str] = []
     bad: list[str] = []
@@ -227,25 +239,44 @@ def embed_conditions(
                 progress(1)
             continue
         face = native_face(image, finder)
-        if face is None:
+        vectors = [embed_face(image, face, e) for e in embedders] if face is not None else []
+        if face is None or any(v is None for v in vectors):
             missing.append(rel)
             if progress is not None:
                 progress(1)
             continue
-        native.append(embedder.embed([align(image, face, embedder.template)])[0].vector)
+        for i, vector in enumerate(vectors):
+            assert vector is not None
+            native[i].append(vector)
         pose = head_pose(face)
         yaws.append(pose.yaw if pose is not None else math.nan)
         for size in sizes:
             rendered = render_face_width(image, face.box, size, canvas)
             upscaled[size] += int(rendered.upscaled)
-            sized[size].append(embed_rendered(rendered, camera_detector, embedder))
+            found = detect_rendered(rendered, camera_detector)
+            for i, embedder in enumerate(embedders):
+                sized[i][size].append(
+                    None if found is None else embed_face(rendered.image, found, embedder))
         kept.append(rel)
         kept_labels.append(label)
         if progress is not None:
             progress(1)
-    if not native:
+    if not kept:
         raise ImageError(f"{root}: no face found in any of {len(relative)} photos")
-    dim = native[0].shape[0]
+    out = []
+    for embedder, vectors_native, vectors_sized in zip(embedders, native, sized, strict=True):
+        out.append(ConditionEmbeddings(
+            root=root, model_id=embedder.model_id, paths=tuple(kept), labels=tuple(kept_labels),
+            native=np.vstack(vectors_native).astype(np.float32),
+            yaw=np.asarray(yaws, dtype=np.float64),
+            sized=_stack(vectors_sized, vectors_native[0].shape[0]),
+            upscaled=dict(upscaled), no_native_face=tuple(missing), unreadable=tuple(bad)))
+    return out
+
+
+def _stack(sized: dict[int, list[FloatArray | None]], dim: int
+           ) -> dict[int, tuple[FloatArray, npt.NDArray[np.bool_]]]:
+    """Per size: the ``(n, dim)`` matrix (zero rows for misses) and the found mask."""
     stacked: dict[int, tuple[FloatArray, npt.NDArray[np.bool_]]] = {}
     for size, vectors in sized.items():
         found = np.array([v is not None for v in vectors], dtype=bool)
@@ -254,10 +285,7 @@ def embed_conditions(
             if v is not None:
                 matrix[i] = v
         stacked[size] = (matrix, found)
-    return ConditionEmbeddings(
-        root=root, model_id=embedder.model_id, paths=tuple(kept), labels=tuple(kept_labels),
-        native=np.vstack(native).astype(np.float32), yaw=np.asarray(yaws, dtype=np.float64),
-        sized=stacked, upscaled=upscaled, no_native_face=tuple(missing), unreadable=tuple(bad))
+    return stacked
 
 
 # ------------------------------------------------------------------ experiments
