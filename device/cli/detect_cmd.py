@@ -147,6 +147,14 @@ def detect(paths: tuple[Path, ...], as_json: bool, model: str, tile: bool, thres
         sys.exit(1)
 
 
+def _frame_size(text: str) -> tuple[int, int]:
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit() or not (
+            16 <= int(width) <= 8192 and 16 <= int(height) <= 8192):
+        raise click.BadParameter(f"{text!r}: expected WxH, e.g. 640x360 (16-8192 each)")
+    return int(width), int(height)
+
+
 @click.command("detect")
 @json_option
 @click.option("--model", type=click.Choice(["full", "short"]), default="full", show_default=True)
@@ -155,24 +163,34 @@ def detect(paths: tuple[Path, ...], as_json: bool, model: str, tile: bool, thres
 @click.option("--warmup", type=click.IntRange(0, 100), default=3, show_default=True)
 @click.option("--threads", "threads", multiple=True, type=click.IntRange(1, 16),
               help="Thread counts to measure (repeatable; default 1 and 2).")
+@click.option("--tiled-size", "tiled_sizes", multiple=True, metavar="WxH",
+              callback=lambda _c, _p, v: tuple(_frame_size(x) for x in v),
+              help="Frame size of the tiled cases (repeatable; default 1920x1080).")
+@click.option("--tiled-min-face", type=click.IntRange(8, 1000), default=40, show_default=True,
+              help="Smallest face (frame pixels) the tiled cases must make detectable "
+                   "([detector.tiling] min_face).")
 @handle_errors
 def bench_detect(as_json: bool, model: str, runs: int, warmup: int,
-                 threads: tuple[int, ...]) -> None:
+                 threads: tuple[int, ...], tiled_sizes: tuple[tuple[int, int], ...],
+                 tiled_min_face: int) -> None:
     """Face detection latency per stage (decode, preprocess, inference, postprocess).
 
     Synthetic frames built from real photos at 640x360, 1280x720 and 1920x1080,
-    each at 1 and 2 threads, plus tiled at 1920x1080; p50/p95 milliseconds.
+    each at 1 and 2 threads, plus tiled at 1920x1080 (or each --tiled-size);
+    p50/p95 milliseconds.
     """
     from device.lab import detect_bench
 
-    cases = detect_bench.default_cases(threads=threads or detect_bench.DEFAULT_THREADS)
+    cases = detect_bench.default_cases(threads=threads or detect_bench.DEFAULT_THREADS,
+                                       tiled_sizes=tiled_sizes or ((1920, 1080),),
+                                       min_face=tiled_min_face)
     if not as_json:
         click.echo(f"BlazeFace {model}, {runs} runs per case after {warmup} warm-up", err=True)
     results = detect_bench.run_bench(
         cases, model=model, runs=runs, warmup=warmup,
         progress=None if as_json else lambda r: click.echo(
             f"  measured {r.case.width}x{r.case.height} threads={r.case.threads} "
-            f"tiled={r.case.tiled}", err=True),
+            f"tiled={r.case.min_face if r.case.tiled else 'no'}", err=True),
     )
     if as_json:
         emit_json({"bench": "detect", "results": [r.to_json() for r in results]})

@@ -103,3 +103,22 @@ def test_several_images_cannot_be_annotated_into_one_file(folder: Path, tmp_path
     code, _, stderr = _run("--annotate", str(target), str(folder))
     assert code == 2
     assert "folder" in stderr
+
+
+def test_bench_detect_measures_tiling_at_the_asked_frame_size_and_face_width() -> None:
+    result = CliRunner().invoke(main, [
+        "bench", "detect", "--json", "--runs", "1", "--warmup", "0", "--threads", "1",
+        "--tiled-size", "640x360", "--tiled-min-face", "24"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["results"]
+    tiled = [r for r in rows if r["tiled"]]
+    assert [(r["frame"], r["min_face"]) for r in tiled] == [("640x360", 24)]
+    assert tiled[0]["passes"] > 1  # the whole frame plus its tiles
+    assert all(r["min_face"] is None and r["passes"] == 1 for r in rows if not r["tiled"])
+
+
+@pytest.mark.parametrize("size", ["640", "640x", "axb", "8x8", "640x360x2"])
+def test_bench_detect_refuses_a_malformed_tiled_size(size: str) -> None:
+    result = CliRunner().invoke(main, ["bench", "detect", "--tiled-size", size])
+    assert result.exit_code == 2
+    assert repr(size) in result.output and "expected WxH" in result.output
