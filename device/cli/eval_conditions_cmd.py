@@ -70,8 +70,11 @@ def _print_table(table: dict[str, Any]) -> None:
                f"non-mated searches (held out {d['held_out_identities']}); FNIR at FPIR 1e-2: "
                f"{fnir}")
     for s in d["at_shipped_threshold"]:
+        fmr = "-" if s["fmr"] is None else (
+            f"{s['fmr']:.2g} ({s['false_matches']:,} of {d['impostor_pairs']:,} impostor "
+            "pairs)")
         click.echo(f"  at the shipped FMR {s['target_fmr']:g} threshold {s['threshold']:.4f}: "
-                   f"FPIR {s['fpir']:.4f}, FNIR {s['fnir']:.4f}")
+                   f"FPIR {s['fpir']:.4f}, FNIR {s['fnir']:.4f}; this set's FMR {fmr}")
 
 
 @click.command("conditions")
@@ -162,7 +165,7 @@ def eval_conditions(roots: tuple[Path, ...], model_ids: tuple[str, ...],
                     "yaw_photos": cond.yaw_histogram(embedded.yaw),
                     "demographic": demo.to_json(),
                 })
-    findings = {m: cond.higher_fpir_findings(d) for m, d in demographics.items()}
+    findings = {m: cond.higher_fmr_findings(d) for m, d in demographics.items()}
     if plot is not None:
         cond.plot_conditions(tables, plot)
     if as_json:

@@ -413,7 +413,11 @@ def yaw_histogram(yaws: npt.NDArray[np.float64],
 
 @dataclass(frozen=True)
 class Demographic:
-    """Open-set figures of one set.
+    """Open-set figures of one set, and its own impostor FMR at the shipped thresholds.
+
+    FPIR grows with the gallery (1 - (1 - FMR)^N for N enrolled faces), so two sets
+    with galleries of different sizes are compared by FMR: the share of the set's
+    cross-identity pairs that score at or above the same threshold.
 
     Attributes:
         root: The set.
@@ -421,21 +425,35 @@ class Demographic:
         result: FNIR at FPIR targets; ``at_threshold`` holds the shipped thresholds.
         shipped: ``(target FMR, threshold)`` of each shipped threshold, in
             ``result.at_threshold`` order.
+        impostors: Cross-identity pairs of the set's photos.
+        false_matches: Of those, how many score at or above each shipped threshold.
     """
 
     root: Path
     unenrolled_fraction: float
     result: OpenSetResult
     shipped: tuple[tuple[float, float], ...]
+    impostors: int = 0
+    false_matches: tuple[int, ...] = ()
+
+    def fmr(self, k: int) -> float | None:
+        """The set's FMR at the ``k``-th shipped threshold (None without impostors)."""
+        if not self.impostors or k >= len(self.false_matches):
+            return None
+        return self.false_matches[k] / self.impostors
 
     def to_json(self) -> dict[str, Any]:
         return {
             "root": str(self.root), "unenrolled_fraction": self.unenrolled_fraction,
             **self.result.to_json(),
+            "impostor_pairs": self.impostors,
             "at_shipped_threshold": [
-                {"target_fmr": f, "threshold": round(t, 6), "fpir": fp, "fnir": fn}
-                for (f, t), (_, fp, fn) in zip(self.shipped, self.result.at_threshold,
-                                               strict=True)],
+                {"target_fmr": f, "threshold": round(t, 6), "fpir": fp, "fnir": fn,
+                 "false_matches": (self.false_matches[k] if k < len(self.false_matches)
+                                   else None),
+                 "fmr": self.fmr(k)}
+                for k, ((f, t), (_, fp, fn)) in enumerate(
+                    zip(self.shipped, self.result.at_threshold, strict=True))],
         }
 
 
@@ -447,9 +465,19 @@ def default_unenrolled_fraction(labels: Sequence[str]) -> float:
     return 0.0 if any(c == 1 for c in counts.values()) else 0.4
 
 
+def impostor_counts(embedded: ConditionEmbeddings, thresholds: Sequence[float]
+                    ) -> tuple[int, tuple[int, ...]]:
+    """Cross-identity pairs of the native photos, and how many score at or above each
+    threshold."""
+    sim = (embedded.native @ embedded.native.T).astype(np.float32)
+    _, _, imp, _ = _pairs(sim, embedded.labels, np.zeros(len(embedded.labels)))
+    return int(imp.size), tuple(int(np.count_nonzero(imp >= t)) for t in thresholds)
+
+
 def demographic(embedded: ConditionEmbeddings, shipped: Sequence[tuple[float, float]],
                 unenrolled_fraction: float | None = None, seed: int = 0) -> Demographic:
-    """Open-set 1:N on the native embeddings, FPIR/FNIR at the shipped thresholds.
+    """Open-set 1:N on the native embeddings, FPIR/FNIR at the shipped thresholds, and
+    the set's own impostor FMR there.
 
     Raises:
         ValueError: The set cannot make a gallery and non-mated searches.
@@ -458,24 +486,39 @@ def demographic(embedded: ConditionEmbeddings, shipped: Sequence[tuple[float, fl
                 else unenrolled_fraction)
     labelled = LabelledEmbeddings(embedded.root, embedded.paths, embedded.labels,
                                   embedded.native, np.zeros(len(embedded.paths), dtype=bool))
+    thresholds = [t for _, t in shipped]
     result = evaluate_open_set(labelled, unenrolled_fraction=fraction, seed=seed,
-                               fpirs=(1e-2, 1e-3), thresholds=[t for _, t in shipped])
-    return Demographic(embedded.root, fraction, result, tuple(shipped))
+                               fpirs=(1e-2, 1e-3), thresholds=thresholds)
+    impostors, false_matches = impostor_counts(embedded, thresholds)
+    return Demographic(embedded.root, fraction, result, tuple(shipped), impostors,
+                       false_matches)
 
 
-def higher_fpir_findings(sets: Sequence[Demographic]) -> list[str]:
-    """Plain sentences naming each set whose FPIR at a shipped threshold is higher than
-    another set's at the same threshold."""
+def _set_name(d: Demographic) -> str:
+    return d.root.name or str(d.root)
+
+
+def higher_fmr_findings(sets: Sequence[Demographic]) -> list[str]:
+    """Plain sentences naming each set whose impostor pairs match more often (higher
+    FMR) than another set's at the same shipped threshold, with the FPIR beside it."""
     out = []
-    for k, (fmr, t) in enumerate(sets[0].shipped if sets else ()):
-        rates = [(d.root.name or str(d.root), d.result.at_threshold[k][1]) for d in sets]
-        low_name, low = min(rates, key=lambda r: r[1])
-        for name, rate in rates:
-            if rate > low:
-                ratio = f"{rate / low:.1f} times" if low > 0 else "above zero, unlike"
-                out.append(f"at the shipped FMR {fmr:g} threshold {t:.4f}, {name} has FPIR "
-                           f"{rate:.4f}, higher than {low_name}'s {low:.4f} ({ratio} "
-                           f"{'that' if low > 0 else low_name})")
+    for k, (target, t) in enumerate(sets[0].shipped if sets else ()):
+        rates = [(d, rate) for d in sets if (rate := d.fmr(k)) is not None]
+        if len(rates) < 2:
+            continue
+        low_set, low = min(rates, key=lambda r: r[1])
+        for d, rate in rates:
+            if rate <= low:
+                continue
+            ratio = f"{rate / low:.1f} times" if low > 0 else "above zero, unlike"
+            out.append(
+                f"at the shipped FMR {target:g} threshold {t:.4f}, {_set_name(d)}'s impostor "
+                f"pairs match at FMR {rate:.2g} ({d.false_matches[k]:,} of "
+                f"{d.impostors:,}), {ratio} {_set_name(low_set)}'s {low:.2g} "
+                f"({low_set.false_matches[k]:,} of {low_set.impostors:,}); FPIR "
+                f"{d.result.at_threshold[k][1]:.4f} with a gallery of {d.result.gallery} "
+                f"against {low_set.result.at_threshold[k][1]:.4f} with "
+                f"{low_set.result.gallery} (FPIR grows with the gallery)")
     return out
 
 

@@ -87,16 +87,47 @@ def test_missed_faces_reject_every_pair() -> None:
     assert row.tar == pytest.approx(25 / 30)
 
 
-def test_higher_fpir_is_said_plainly() -> None:
+def _demo(name: str, gallery: int, fpir: float, false_matches: int, impostors: int
+          ) -> cond.Demographic:
     from device.lab.openset import OpenSetResult
 
-    def demo(name: str, fpir: float) -> cond.Demographic:
-        result = OpenSetResult(1, 1, 1, 0, 0, 1.0, (), ((0.93, fpir, 0.1),))
-        return cond.Demographic(Path(name), 0.0, result, ((1e-3, 0.93),))
+    result = OpenSetResult(gallery, 1, 1, 0, 0, 1.0, (), ((0.93, fpir, 0.1),))
+    return cond.Demographic(Path(name), 0.0, result, ((1e-3, 0.93),), impostors,
+                            (false_matches,))
 
-    lines = cond.higher_fpir_findings([demo("lfw", 0.01), demo("diversity", 0.05)])
+
+def test_a_set_whose_impostors_match_more_often_is_said_plainly() -> None:
+    # The big gallery has the higher FPIR, but the small set's impostor pairs match
+    # five times as often at the same threshold: that is the finding, not the FPIR.
+    lines = cond.higher_fmr_findings([_demo("lfw", 737, 0.30, 1_000, 1_000_000),
+                                      _demo("diversity", 3, 0.04, 500, 100_000)])
     assert len(lines) == 1
-    assert "diversity has FPIR 0.0500, higher than lfw's 0.0100 (5.0 times" in lines[0]
+    line = lines[0]
+    assert "diversity's impostor pairs match at FMR 0.005 (500 of 100,000)" in line
+    assert "5.0 times lfw's 0.001 (1,000 of 1,000,000)" in line
+    assert "FPIR 0.0400 with a gallery of 3 against 0.3000 with 737" in line
+
+
+def test_equal_fmr_is_no_finding_and_a_set_without_impostors_is_left_out() -> None:
+    assert cond.higher_fmr_findings([_demo("a", 5, 0.1, 10, 1000),
+                                     _demo("b", 9, 0.2, 20, 2000)]) == []
+    assert cond.higher_fmr_findings([_demo("a", 5, 0.1, 10, 1000),
+                                     _demo("b", 1, 0.0, 0, 0)]) == []
+
+
+def test_impostor_counts_are_cross_identity_pairs_at_or_above_each_threshold() -> None:
+    # Four photos of two people on a circle: known cosines between every pair.
+    angles = np.radians([0.0, 10.0, 60.0, 90.0])
+    v = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    e = cond.ConditionEmbeddings(
+        root=Path("set"), model_id="m", paths=("a1", "a2", "b1", "b2"),
+        labels=("a", "a", "b", "b"), native=v, yaw=np.zeros(4), sized={}, upscaled={})
+    # Cross pairs: 60, 90, 50, 80 degrees -> cosines 0.5, 0, 0.643, 0.174.
+    impostors, counts = cond.impostor_counts(e, [0.5, 0.6, 0.9])
+    assert impostors == 4 and counts == (2, 1, 0)
+    demo = cond.Demographic(Path("set"), 0.0, _demo("x", 1, 0.0, 0, 0).result,
+                            ((1e-3, 0.5),), impostors, counts[:1])
+    assert demo.fmr(0) == 0.5 and demo.to_json()["at_shipped_threshold"][0]["fmr"] == 0.5
 
 
 @pytest.mark.parametrize("width", cond.FACE_SIZES)
