@@ -525,8 +525,17 @@ def higher_fmr_findings(sets: Sequence[Demographic]) -> list[str]:
 # ------------------------------------------------------------------ plotting
 
 
+def _set_label(table: dict[str, Any]) -> str:
+    root = Path(table["root"])
+    name = root.name
+    if name == "people" and root.parent.name:  # lfw/people
+        name = root.parent.name
+    return f"{table['model_id']} / {name}"
+
+
 def plot_conditions(tables: Sequence[dict[str, Any]], path: Path) -> None:
-    """One panel per condition (size, pose, demographic), a line/bar per encoder and set.
+    """One panel per condition (size, pose, open-set FNIR, impostor FMR at the shipped
+    thresholds), a line or bar per encoder and set.
 
     ``tables`` are the JSON dicts of the command (``model_id``, ``root``, ``size``,
     ``pose``, ``demographic``).
@@ -539,15 +548,16 @@ def plot_conditions(tables: Sequence[dict[str, Any]], path: Path) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter
     except ImportError as exc:
         raise ImageError("--plot needs matplotlib (pip install matplotlib)") from exc
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
-    size_ax, pose_ax, demo_ax = axes
+    fig, axes = plt.subplots(1, 4, figsize=(24, 5.5))
+    size_ax, pose_ax, fnir_ax, fmr_ax = axes
     names: list[str] = []
     fnirs: list[float] = []
-    fpirs: list[float] = []
+    fmrs: dict[float, list[float]] = {}
     for table in tables:
-        label = f"{table['model_id']} / {Path(table['root']).name}"
+        label = _set_label(table)
         xs = [int(r["name"].split()[0]) for r in table["size"]]
         ys = [r["tar"] if r["tar"] is not None else math.nan for r in table["size"]]
         size_ax.plot(xs, ys, "o-", label=label)
@@ -557,18 +567,29 @@ def plot_conditions(tables: Sequence[dict[str, Any]], path: Path) -> None:
         point = next(p for p in table["demographic"]["fnir_at_fpir"] if p["target_fpir"] == 1e-2)
         names.append(label)
         fnirs.append(point["fnir"] if point["fnir"] is not None else math.nan)
-        shipped = table["demographic"]["at_shipped_threshold"]
-        fpirs.append(shipped[-1]["fpir"] if shipped else math.nan)
+        for s in table["demographic"]["at_shipped_threshold"]:
+            fmr = s.get("fmr")
+            fmrs.setdefault(s["target_fmr"], []).append(
+                fmr if fmr is not None and fmr > 0 else math.nan)
     size_ax.set(xscale="log", xlabel="face width (px)", ylabel=f"TAR at FMR {TARGET_FMR:g}",
                 title="face size (failures to detect count as rejects)")
     size_ax.set_xticks(list(FACE_SIZES), [str(s) for s in FACE_SIZES])
+    size_ax.xaxis.set_minor_formatter(NullFormatter())
     pose_ax.set(xlabel="larger |yaw| of the pair", ylabel=f"TAR at FMR {TARGET_FMR:g}",
                 title="head pose (missing point: not resolvable)")
     x = np.arange(len(names))
-    demo_ax.bar(x - 0.2, fnirs, 0.4, label="FNIR at FPIR 1e-2")
-    demo_ax.bar(x + 0.2, fpirs, 0.4, label="FPIR at the shipped FMR 1e-4 threshold")
-    demo_ax.set_xticks(x, names, rotation=15, fontsize=7)
-    demo_ax.set(title="demographic (open set)", ylabel="rate")
+    fnir_ax.bar(x, fnirs, 0.6, label="FNIR at FPIR 1e-2")
+    fnir_ax.set_xticks(x, names, rotation=20, ha="right", fontsize=7)
+    fnir_ax.set(title="open set: FNIR at FPIR 1e-2", ylabel="FNIR", ylim=(0, 1))
+    width = 0.8 / max(1, len(fmrs))
+    for k, (target, values) in enumerate(sorted(fmrs.items(), reverse=True)):
+        bars = fmr_ax.bar(x + (k - (len(fmrs) - 1) / 2) * width, values, width,
+                          label=f"at the shipped FMR {target:g} threshold")
+        fmr_ax.axhline(target, color=bars.patches[0].get_facecolor() if bars.patches
+                       else None, linestyle="--", linewidth=1)
+    fmr_ax.set_xticks(x, names, rotation=20, ha="right", fontsize=7)
+    fmr_ax.set(yscale="log", ylabel="share of the set's impostor pairs matching",
+               title="impostor FMR per set (dashed: the target; none: 0)")
     for ax in axes:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)

@@ -163,3 +163,33 @@ def test_rendering_a_large_photo_keeps_the_face_on_the_canvas() -> None:
     assert abs(w - 96) <= 1.0
     with pytest.raises(ValueError):
         cond.render_face_width(image, (0, 0, 0, 10), 32)
+
+
+def _table(model_id: str, root: str, fmr: float | None) -> dict[str, object]:
+    sizes = [{"name": f"{s} px", "tar": s / 100} for s in cond.FACE_SIZES]
+    pose = [{"name": cond.yaw_bin_name(lo, hi), "tar": 0.5} for lo, hi in cond.YAW_BINS]
+    return {"model_id": model_id, "root": root, "size": sizes, "pose": pose,
+            "demographic": {"fnir_at_fpir": [{"target_fpir": 1e-2, "fnir": 0.4}],
+                            "at_shipped_threshold": [
+                                {"target_fmr": 1e-3, "fpir": 0.1, "fmr": fmr},
+                                {"target_fmr": 1e-4, "fpir": 0.01, "fmr": 0.0}]}}
+
+
+def test_plot_has_a_panel_per_condition_and_names_lfw_by_its_set(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from PIL import Image as PILImage
+
+    out = tmp_path / "conditions.png"
+    cond.plot_conditions([_table("m", "/d/lfw/people", 1e-3),
+                          _table("m", "/d/diversity", None)], out)
+    with PILImage.open(out) as png:
+        assert png.format == "PNG" and png.width > 3 * png.height
+    assert cond._set_label({"model_id": "m", "root": "/d/lfw/people"}) == "m / lfw"
+
+
+def test_plot_to_an_unwritable_path_is_an_image_error(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from device.errors import ImageError
+
+    with pytest.raises(ImageError, match="cannot write the plot"):
+        cond.plot_conditions([_table("m", "/d/x", 1e-3)], tmp_path / "no" / "dir" / "p.png")
