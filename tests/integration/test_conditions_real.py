@@ -89,6 +89,42 @@ def test_every_encoder_embeds_the_same_faces(datasets: Path, models: dict[str, A
         np.testing.assert_allclose(alone.sized[size][0], fp.sized[size][0], atol=1e-6)
 
 
+#: Photos (under the datasets) whose head turn is plain to see: the nose points to the
+#: image's left (negative yaw), to its right (positive), or at the camera.
+VISIBLE_POSE = {
+    "lfw/people/Bill_Frist/Bill_Frist_0002.jpg": "left",
+    "lfw/people/Coco_dEste/Coco_dEste_0001.jpg": "right",
+    "lfw/people/Ben_Affleck/Ben_Affleck_0002.jpg": "right",
+    "media/single/obama.jpg": "frontal",
+}
+
+
+@pytest.mark.parametrize(("photo", "turn"), sorted(VISIBLE_POSE.items()))
+def test_yaw_on_photos_whose_pose_is_visible(datasets: Path, models: dict[str, Any],
+                                             photo: str, turn: str) -> None:
+    from device.vision.quality import head_pose
+
+    path = datasets / photo
+    if not path.exists():
+        pytest.skip(f"{path} is not in this copy of the datasets")
+    image = read_image(path)
+    yaws = []
+    for picture in (image, image[:, ::-1].copy()):  # the photo and its mirror
+        face = cond.native_face(picture, models["finder"])
+        assert face is not None, photo
+        pose = head_pose(face)
+        assert pose is not None, photo
+        yaws.append(pose.yaw)
+    yaw, mirrored = yaws
+    if turn == "frontal":
+        assert abs(yaw) < 15, (photo, yaw)
+    else:
+        assert (yaw < -35) if turn == "left" else (yaw > 35), (photo, yaw)
+    # The mirror turns the head the other way by about as much (the detector is not
+    # exactly mirror-symmetric, and a keypoint's error weighs more the more it turns).
+    assert mirrored == pytest.approx(-yaw, abs=max(3.0, 0.15 * abs(yaw))), (photo, mirrored)
+
+
 def test_eval_conditions_prints_one_table_per_encoder(
         datasets: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FACEGATE_MODEL_DIR", str(cache))
