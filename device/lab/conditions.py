@@ -494,8 +494,15 @@ def demographic(embedded: ConditionEmbeddings, shipped: Sequence[tuple[float, fl
                        false_matches)
 
 
+def set_name(root: Path) -> str:
+    """A set's short name: its folder, or ``lfw`` for ``lfw/people``."""
+    if root.name == "people" and root.parent.name:
+        return root.parent.name
+    return root.name or str(root)
+
+
 def _set_name(d: Demographic) -> str:
-    return d.root.name or str(d.root)
+    return set_name(d.root)
 
 
 def higher_fmr_findings(sets: Sequence[Demographic]) -> list[str]:
@@ -526,11 +533,7 @@ def higher_fmr_findings(sets: Sequence[Demographic]) -> list[str]:
 
 
 def _set_label(table: dict[str, Any]) -> str:
-    root = Path(table["root"])
-    name = root.name
-    if name == "people" and root.parent.name:  # lfw/people
-        name = root.parent.name
-    return f"{table['model_id']} / {name}"
+    return f"{table['model_id']} / {set_name(Path(table['root']))}"
 
 
 def plot_conditions(tables: Sequence[dict[str, Any]], path: Path) -> None:
