@@ -103,7 +103,8 @@ def eval_conditions(roots: tuple[Path, ...], model_ids: tuple[str, ...],
                     unenrolled_fraction: float | None, plot: Path | None,
                     tiling_min_face: int | None, threads: int, as_json: bool) -> None:
     """Recognition per condition on labelled sets: face size (24-96 px), head pose
-    (yaw bins) and open-set FNIR / FPIR per set at the shipped thresholds.
+    (yaw bins), open-set FNIR / FPIR and each set's own impostor FMR at the shipped
+    thresholds (sets are compared by FMR: FPIR grows with the gallery).
 
     Each face size is made by scaling the whole photo (area averaging) so the face box
     has that width, on a 640x360 black canvas shown to the service's detector. With
