@@ -155,17 +155,12 @@ def eval_pairs(
 
     finder_config = StillFinderConfig(close_range=not no_close_range, refine=not no_refine,
                                       num_threads=threads)
-    embedder_config: (DlibTFLiteEmbedderConfig | DlibInt8EmbedderConfig
-                      | MobileFaceNetEmbedderConfig)
-    if embedder_type == "mobilefacenet":
-        embedder_config = MobileFaceNetEmbedderConfig(
-            num_threads=threads, flip_average=not no_flip, border=border)
-    elif embedder_type == "dlib_int8":
-        embedder_config = DlibInt8EmbedderConfig(num_threads=threads, flip_average=not no_flip,
-                                                 border=border)
-    else:
-        embedder_config = DlibTFLiteEmbedderConfig(num_threads=threads, flip_average=not no_flip,
-                                                   border=border)
+    config_types: dict[str, type[DlibTFLiteEmbedderConfig | DlibInt8EmbedderConfig
+                                 | MobileFaceNetEmbedderConfig]] = {
+        "dlib_tflite": DlibTFLiteEmbedderConfig, "dlib_int8": DlibInt8EmbedderConfig,
+        "mobilefacenet": MobileFaceNetEmbedderConfig}
+    embedder_config = config_types[embedder_type](
+        num_threads=threads, flip_average=not no_flip, border=border)
     systems: list[Any] = []
     with StillFaceFinder.from_config(finder_config, cache_dir=cache_dir) as finder, \
             contextlib.closing(create_embedder(embedder_config, cache_dir=cache_dir)) as embedder:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,23 @@ def _subset(root: Path, identities: int | None, per_identity: int | None
             out_rel.append(r)
             out_labels.append(lab)
     return out_rel, out_labels
+
+
+def _shipped_thresholds(model_id: str, fmrs: Sequence[float]) -> dict[float, float]:
+    """Target FMR -> the threshold the shipped table gives ``model_id`` there.
+
+    Raises:
+        ConfigError: No table for that embedder, or a target it cannot resolve.
+    """
+    from device.service.thresholds import ThresholdPolicy, resolve_threshold
+
+    out = {}
+    for fmr in fmrs:
+        try:
+            out[fmr] = resolve_threshold(model_id, ThresholdPolicy(target_fmr=fmr)).value
+        except ConfigError as exc:
+            raise ConfigError(f"embedder {model_id}: {exc}") from exc
+    return out
 
 
 def _print_table(table: dict[str, Any]) -> None:
@@ -112,7 +130,6 @@ def eval_conditions(roots: tuple[Path, ...], model_ids: tuple[str, ...],
     encoder embeds the same faces.
     """
     from device.lab import conditions as cond
-    from device.service.thresholds import ThresholdPolicy, resolve_threshold
     from device.vision.blazeface import BlazeFaceConfig, BlazeFaceDetector
     from device.vision.tiling import TilingConfig
 
@@ -126,15 +143,7 @@ def eval_conditions(roots: tuple[Path, ...], model_ids: tuple[str, ...],
         detector_config = BlazeFaceConfig(
             num_threads=threads, tiling=TilingConfig(enabled=True, min_face=tiling_min_face))
     model_ids = tuple(dict.fromkeys(model_ids))
-    shipped: dict[str, list[tuple[float, float]]] = {}
-    for model_id in model_ids:
-        shipped[model_id] = []
-        for fmr in cond.SHIPPED_FMRS:
-            try:
-                value = resolve_threshold(model_id, ThresholdPolicy(target_fmr=fmr)).value
-            except ConfigError as exc:
-                raise ConfigError(f"embedder {model_id}: {exc}") from exc
-            shipped[model_id].append((fmr, value))
+    shipped = {m: list(_shipped_thresholds(m, cond.SHIPPED_FMRS).items()) for m in model_ids}
     demographics: dict[str, list[cond.Demographic]] = {m: [] for m in model_ids}
     with contextlib.ExitStack() as stack:
         finder = stack.enter_context(open_finder(threads))
@@ -304,7 +313,6 @@ def eval_clip(video: Path, references: tuple[str, ...], on_screen: tuple[str, ..
     reference photo; the best score in the person's frames beside the best score of
     anyone outside them."""
     from device.lab import clip_scores
-    from device.service.thresholds import ThresholdPolicy, resolve_threshold
     from device.vision.blazeface import BlazeFaceConfig, BlazeFaceDetector
     from device.vision.tiling import TilingConfig
 
@@ -319,8 +327,7 @@ def eval_clip(video: Path, references: tuple[str, ...], on_screen: tuple[str, ..
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from exc
     model_ids = tuple(dict.fromkeys(model_ids))
-    thresholds = {m: {f: resolve_threshold(m, ThresholdPolicy(target_fmr=f)).value
-                      for f in (1e-3, 1e-4)} for m in model_ids}
+    thresholds = {m: _shipped_thresholds(m, (1e-3, 1e-4)) for m in model_ids}
     config = BlazeFaceConfig(num_threads=threads,
                              tiling=TilingConfig(enabled=True, min_face=min_face))
     with contextlib.ExitStack() as stack:

@@ -99,10 +99,6 @@ def open_embedder(model_id: str, threads: int) -> DlibTFLiteEmbedder | MobileFac
     return DlibTFLiteEmbedder(DlibTFLiteEmbedderConfig(model=model_id, num_threads=threads))
 
 
-#: The model ids :func:`open_embedder` knows by name (others: dlib-format float models).
-KNOWN_EMBEDDERS = (DLIB_MODEL_ID, DLIB_INT8_MODEL_ID, MOBILEFACENET_MODEL_ID)
-
-
 def load_threshold(model_id: str, policy: ThresholdPolicy) -> Threshold:
     """The threshold ``policy`` gives, as the service resolves it (refusals name the flag).
 

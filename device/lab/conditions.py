@@ -501,10 +501,6 @@ def set_name(root: Path) -> str:
     return root.name or str(root)
 
 
-def _set_name(d: Demographic) -> str:
-    return set_name(d.root)
-
-
 def higher_fmr_findings(sets: Sequence[Demographic]) -> list[str]:
     """Plain sentences naming each set whose impostor pairs match more often (higher
     FMR) than another set's at the same shipped threshold, with the FPIR beside it."""
@@ -519,9 +515,9 @@ def higher_fmr_findings(sets: Sequence[Demographic]) -> list[str]:
                 continue
             ratio = f"{rate / low:.1f} times" if low > 0 else "above zero, unlike"
             out.append(
-                f"at the shipped FMR {target:g} threshold {t:.4f}, {_set_name(d)}'s impostor "
+                f"at the shipped FMR {target:g} threshold {t:.4f}, {set_name(d.root)}'s impostor "
                 f"pairs match at FMR {rate:.2g} ({d.false_matches[k]:,} of "
-                f"{d.impostors:,}), {ratio} {_set_name(low_set)}'s {low:.2g} "
+                f"{d.impostors:,}), {ratio} {set_name(low_set.root)}'s {low:.2g} "
                 f"({low_set.false_matches[k]:,} of {low_set.impostors:,}); FPIR "
                 f"{d.result.at_threshold[k][1]:.4f} with a gallery of {d.result.gallery} "
                 f"against {low_set.result.at_threshold[k][1]:.4f} with "
